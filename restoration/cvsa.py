@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 
 from restoration.cld import CLD
+from restoration.operators import blur
+from restoration.proximal import image_prox, kernel_least_squares
 from restoration.rng import Generators, randn
 
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -167,3 +169,164 @@ def restore(
             diagnostics["residual_rms"] = torch.sqrt(misfit(y, operator, x) / n_obs)
             diagnostics["x0_hat_residual_rms"] = torch.sqrt(r2 / n_obs)
     return RestoreResult(x=x.detach(), x0_hat=x0.detach(), nfe=steps, diagnostics=diagnostics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blind restoration (CVSA Algorithm 2) and its proximal extension
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlindResult:
+    """Restored images (B, C, h, w) in [-1, 1], projected kernels (B, 1, K, K) and diagnostics."""
+
+    x: Tensor
+    kernel: Tensor
+    nfe: int
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def soft_kernel(p: Tensor, threshold: float = 0.0) -> Tensor:
+    """Kernel from the prior representation (inverse of kernels.to_prior): square, drop entries below
+    `threshold` x max, normalise. Differentiable for threshold 0; a cheap stand-in for from_prior
+    (no connected components, no re-centring) inside the sampling loop."""
+    a = ((p + 1.0) / 2.0).clamp(0.0, 1.0) ** 2
+    return soft_project(a, threshold)
+
+
+def soft_project(k: Tensor, threshold: float = 0.0) -> Tensor:
+    """Non-negative, entries below `threshold` x max zeroed, sum 1 (per sample)."""
+    a = k.clamp_min(0.0)
+    if threshold > 0:
+        a = a * (a >= threshold * a.amax(dim=(1, 2, 3), keepdim=True))
+    total = a.flatten(1).sum(dim=1).reshape(-1, 1, 1, 1)
+    delta = torch.zeros_like(a)
+    c = a.shape[-1] // 2
+    delta[..., c, c] = 1.0
+    return torch.where(total > 0, a / total.clamp_min(1e-12), delta)
+
+
+def proximal_rho(cld: CLD, t: Tensor, noise_sigma: float, strength: float) -> Tensor:
+    """rho_t = lambda sigma^2 / (L11 / D11)^2: the data term against the x0_hat uncertainty (DESIGN §6)."""
+    ell = cld.cholesky(t)[..., 0, 0]
+    d11 = cld.mean_matrix(t)[..., 0, 0]
+    return strength * noise_sigma**2 / (ell / d11) ** 2
+
+
+def _blind_paper_scores(
+    x, v, kp, kv, t, y, mask, image_score, kernel_score, image_cld, kernel_cld, noise_sigma, wi, wk
+):
+    """CVSA Alg. 2 steps 2-5: both velocity scores plus the gradient of the shared data term."""
+    with torch.enable_grad():
+        v_req = v.detach().requires_grad_(True)
+        kv_req = kv.detach().requires_grad_(True)
+        s = image_score(x, v_req, t)
+        sk = kernel_score(kp, kv_req, t)
+        x0 = image_cld.x0_hat(x, v_req, s, t)
+        k0 = soft_kernel(kernel_cld.x0_hat(kp, kv_req, sk, t))
+        r2 = (mask * (y - blur(x0, k0))).flatten(1).pow(2).sum(dim=1)
+        nll = r2 / (2.0 * noise_sigma**2)
+        g_v, g_kv = torch.autograd.grad(nll.sum(), (v_req, kv_req))
+    return s.detach() - wi * g_v, sk.detach() - wk * g_kv, x0.detach(), k0.detach()
+
+
+def restore_blind(
+    y: Tensor,
+    mask: Tensor | None,
+    image_score: ScoreFn,
+    kernel_score: ScoreFn,
+    *,
+    image_cld: CLD,
+    kernel_cld: CLD,
+    kernel_size: int,
+    steps: int,
+    noise_sigma: float,
+    generator: Generators,
+    method: str = "proximal",
+    image_guidance: float = 1.0,
+    kernel_guidance: float = 1.0,
+    prox_strength: float = 3.0,
+    kernel_reg: float = 1e-3,
+    cg_iters: int = 12,
+    kernel_every: int = 1,
+    kernel_threshold: float = 0.02,
+    canvas_multiple: int = 8,
+    callback: StepCallback | None = None,
+) -> BlindResult:
+    """Blind CVSA: Algorithm 2 of the CVSA paper ("paper") or its proximal extension ("proximal").
+
+    y (B, C, h, w) in [-1, 1] with noise std `noise_sigma` on that scale; mask (B, 1, h, w), 1 =
+    observed (None: all observed). The image lives on a canvas padded by K - 1 (valid convolution,
+    restoration/operators.py) and rounded up to `canvas_multiple`; the kernel process lives in the
+    kernel prior's representation (restoration/kernels.py: to_prior/from_prior).
+
+    "paper": both processes take the literal gradient of -||y - M (k0_hat * x0_hat)||^2/(2 sigma^2)
+    w.r.t. their velocities, scaled by image_guidance / kernel_guidance (Alg. 2 steps 4-5).
+    "proximal": per step, an explicit least-squares kernel update on gradients of x0_hat, blended
+    into the kernel process's x0 estimate with weight kernel_guidance in [0, 1], then the image
+    x0_hat is replaced by the proximal data-consistent solution with rho_t = prox_strength sigma^2 /
+    (L11/D11)^2; scores are shifted so that x0_hat equals the new estimates (s += d_t (x0' - x0_hat)).
+    """
+    from restoration.kernels import from_prior, to_prior  # kernels imports nothing from here
+    from restoration.operators import crop_from_canvas, pad_to_canvas
+
+    if method not in ("paper", "proximal"):
+        raise ValueError(f"unknown blind method {method!r}; choose 'paper' or 'proximal'")
+    if kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    batch, channels, h, w = y.shape
+    if mask is None:
+        mask = torch.ones(batch, 1, h, w, dtype=y.dtype, device=y.device)
+    y_p, m_p, offsets = pad_to_canvas(y, mask, kernel_size, multiple=canvas_multiple)
+    canvas = (batch, channels, offsets.canvas_height, offsets.canvas_width)
+    kshape = (batch, 1, kernel_size, kernel_size)
+    dtype, device = y.dtype, y.device
+
+    x, v = randn(canvas, generator, device, dtype), randn(canvas, generator, device, dtype)
+    kp, kv = randn(kshape, generator, device, dtype), randn(kshape, generator, device, dtype)
+    v, kv = v * image_cld.mass**0.5, kv * kernel_cld.mass**0.5
+    grid = time_grid(image_cld, steps)
+    x_est, k_est = x, soft_kernel(kp, threshold=kernel_threshold)
+    p_ls = to_prior(k_est)
+    for i in range(steps):
+        t = torch.full((batch,), float(grid[i]), dtype=torch.float64)
+        dtau = float(grid[i] - grid[i + 1])
+        last = i == steps - 1
+        if method == "paper":
+            s, sk, x_est, k_soft = _blind_paper_scores(
+                x, v, kp, kv, t, y_p, m_p, image_score, kernel_score, image_cld, kernel_cld,
+                noise_sigma, image_guidance, kernel_guidance,
+            )  # fmt: skip
+            k_est = k_soft
+        else:
+            with torch.no_grad():
+                s = image_score(x, v, t)
+                sk = kernel_score(kp, kv, t)
+                x0 = image_cld.x0_hat(x, v, s, t)
+                p0 = kernel_cld.x0_hat(kp, kv, sk, t)
+                if i % kernel_every == 0 or last:
+                    gray_y, gray_x = y_p.mean(dim=1, keepdim=True), x0.mean(dim=1, keepdim=True)
+                    k_ls = kernel_least_squares(gray_y, m_p, gray_x, k_est, kernel_reg, cg_iters)
+                    p_ls = to_prior(soft_project(k_ls))
+                p_new = p0 + kernel_guidance * (p_ls - p0)
+                _, _, dk = kernel_cld.x0_hat_coefficients(t)
+                sk = sk + dk.to(dtype).reshape(-1, 1, 1, 1) * (p_new - p0)
+                k_est = soft_kernel(p_new, threshold=kernel_threshold)
+                rho = proximal_rho(image_cld, t, noise_sigma, prox_strength).to(dtype).reshape(-1, 1, 1, 1)
+                x_new = image_prox(y_p, m_p, k_est, x0, rho, cg_iters)
+                _, _, dx = image_cld.x0_hat_coefficients(t)
+                s = s + image_guidance * dx.to(dtype).reshape(-1, 1, 1, 1) * (x_new - x0)
+                x_est = x0 + image_guidance * (x_new - x0)
+        noise = None if last else randn(canvas, generator, device, dtype)
+        knoise = None if last else randn(kshape, generator, device, dtype)
+        x, v = reverse_step(image_cld, x, v, s, dtau, noise)
+        kp, kv = reverse_step(kernel_cld, kp, kv, sk, dtau, knoise)
+        if callback is not None:
+            callback(i + 1, steps)
+    kernel = from_prior(to_prior(k_est))
+    x_out = crop_from_canvas(x_est, offsets, h, w).clamp(-1.0, 1.0)
+    with torch.no_grad():
+        r = m_p * (y_p - blur(x_est, kernel))
+        n_obs = (m_p.flatten(1).sum(1) * channels).clamp_min(1.0)
+        residual = torch.sqrt(r.flatten(1).pow(2).sum(1) / n_obs) / noise_sigma
+    return BlindResult(x=x_out, kernel=kernel, nfe=2 * steps, diagnostics={"residual_ratio": residual})
