@@ -206,7 +206,7 @@ def soft_project(k: Tensor, threshold: float = 0.0) -> Tensor:
     return torch.where(total > 0, a / total.clamp_min(1e-12), delta)
 
 
-def proximal_rho(cld: CLD, t: Tensor, noise_sigma: float, strength: float) -> Tensor:
+def proximal_rho(cld: CLD, t: Tensor, noise_sigma: Tensor | float, strength: float) -> Tensor:
     """rho_t = lambda sigma^2 / (L11 / D11)^2: the data term against the x0_hat uncertainty (DESIGN §6)."""
     ell = cld.cholesky(t)[..., 0, 0]
     d11 = cld.mean_matrix(t)[..., 0, 0]
@@ -225,9 +225,28 @@ def _blind_paper_scores(
         x0 = image_cld.x0_hat(x, v_req, s, t)
         k0 = soft_kernel(kernel_cld.x0_hat(kp, kv_req, sk, t))
         r2 = (mask * (y - blur(x0, k0))).flatten(1).pow(2).sum(dim=1)
-        nll = r2 / (2.0 * noise_sigma**2)
+        nll = r2 / (2.0 * noise_sigma.flatten() ** 2)
         g_v, g_kv = torch.autograd.grad(nll.sum(), (v_req, kv_req))
     return s.detach() - wi * g_v, sk.detach() - wk * g_kv, x0.detach(), k0.detach()
+
+
+def _proximal_kernel_step(
+    kp, kv, t, y, mask, x0, k_est, p_ls, kernel_score, kernel_cld, *, update, blend, reg, cg_iters, threshold
+):
+    """Kernel half of a proximal step: least-squares kernel from x0_hat's gradients (an explicit
+    M-step, as in Fast Diffusion EM), blended into the kernel process's x0 estimate; the kernel
+    velocity score is shifted so that its x0_hat becomes the blend. Returns (score, kernel, p_ls)."""
+    from restoration.kernels import to_prior
+
+    sk = kernel_score(kp, kv, t)
+    p0 = kernel_cld.x0_hat(kp, kv, sk, t)
+    if update:
+        gray_y, gray_x = y.mean(dim=1, keepdim=True), x0.mean(dim=1, keepdim=True)
+        p_ls = to_prior(soft_project(kernel_least_squares(gray_y, mask, gray_x, k_est, reg, cg_iters)))
+    p_new = p0 + blend * (p_ls - p0)
+    _, _, dk = kernel_cld.x0_hat_coefficients(t)
+    sk = sk + dk.to(p0.dtype).reshape(-1, 1, 1, 1) * (p_new - p0)
+    return sk, soft_kernel(p_new, threshold=threshold), p_ls
 
 
 def restore_blind(
@@ -240,9 +259,10 @@ def restore_blind(
     kernel_cld: CLD,
     kernel_size: int,
     steps: int,
-    noise_sigma: float,
+    noise_sigma: float | Tensor,
     generator: Generators,
     method: str = "proximal",
+    known_kernel: Tensor | None = None,
     image_guidance: float = 1.0,
     kernel_guidance: float = 1.0,
     prox_strength: float = 3.0,
@@ -255,8 +275,10 @@ def restore_blind(
 ) -> BlindResult:
     """Blind CVSA: Algorithm 2 of the CVSA paper ("paper") or its proximal extension ("proximal").
 
-    y (B, C, h, w) in [-1, 1] with noise std `noise_sigma` on that scale; mask (B, 1, h, w), 1 =
-    observed (None: all observed). The image lives on a canvas padded by K - 1 (valid convolution,
+    y (B, C, h, w) in [-1, 1] with noise std `noise_sigma` (a float or one per sample) on that
+    scale; mask (B, 1, h, w), 1 = observed (None: all observed). With `known_kernel` (B, 1, K, K)
+    the kernel process is skipped (non-blind proximal CVSA: the oracle-kernel ceiling).
+    The image lives on a canvas padded by K - 1 (valid convolution,
     restoration/operators.py) and rounded up to `canvas_multiple`; the kernel process lives in the
     kernel prior's representation (restoration/kernels.py: to_prior/from_prior).
 
@@ -272,6 +294,8 @@ def restore_blind(
 
     if method not in ("paper", "proximal"):
         raise ValueError(f"unknown blind method {method!r}; choose 'paper' or 'proximal'")
+    if known_kernel is not None and method != "proximal":
+        raise ValueError("known_kernel (non-blind) needs method='proximal'")
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
     batch, channels, h, w = y.shape
@@ -281,6 +305,8 @@ def restore_blind(
     canvas = (batch, channels, offsets.canvas_height, offsets.canvas_width)
     kshape = (batch, 1, kernel_size, kernel_size)
     dtype, device = y.dtype, y.device
+    sigma = torch.as_tensor(noise_sigma, dtype=torch.float64).expand(batch)
+    sigma_b = sigma.to(dtype=dtype, device=device).reshape(-1, 1, 1, 1)
 
     x, v = randn(canvas, generator, device, dtype), randn(canvas, generator, device, dtype)
     kp, kv = randn(kshape, generator, device, dtype), randn(kshape, generator, device, dtype)
@@ -295,24 +321,22 @@ def restore_blind(
         if method == "paper":
             s, sk, x_est, k_soft = _blind_paper_scores(
                 x, v, kp, kv, t, y_p, m_p, image_score, kernel_score, image_cld, kernel_cld,
-                noise_sigma, image_guidance, kernel_guidance,
+                sigma_b, image_guidance, kernel_guidance,
             )  # fmt: skip
             k_est = k_soft
         else:
             with torch.no_grad():
                 s = image_score(x, v, t)
-                sk = kernel_score(kp, kv, t)
                 x0 = image_cld.x0_hat(x, v, s, t)
-                p0 = kernel_cld.x0_hat(kp, kv, sk, t)
-                if i % kernel_every == 0 or last:
-                    gray_y, gray_x = y_p.mean(dim=1, keepdim=True), x0.mean(dim=1, keepdim=True)
-                    k_ls = kernel_least_squares(gray_y, m_p, gray_x, k_est, kernel_reg, cg_iters)
-                    p_ls = to_prior(soft_project(k_ls))
-                p_new = p0 + kernel_guidance * (p_ls - p0)
-                _, _, dk = kernel_cld.x0_hat_coefficients(t)
-                sk = sk + dk.to(dtype).reshape(-1, 1, 1, 1) * (p_new - p0)
-                k_est = soft_kernel(p_new, threshold=kernel_threshold)
-                rho = proximal_rho(image_cld, t, noise_sigma, prox_strength).to(dtype).reshape(-1, 1, 1, 1)
+                if known_kernel is None:
+                    sk, k_est, p_ls = _proximal_kernel_step(
+                        kp, kv, t, y_p, m_p, x0, k_est, p_ls, kernel_score, kernel_cld,
+                        update=i % kernel_every == 0 or last, blend=kernel_guidance, reg=kernel_reg,
+                        cg_iters=cg_iters, threshold=kernel_threshold,
+                    )  # fmt: skip
+                else:
+                    sk, k_est = torch.zeros_like(kp), known_kernel
+                rho = proximal_rho(image_cld, t, sigma, prox_strength).to(dtype).reshape(-1, 1, 1, 1)
                 x_new = image_prox(y_p, m_p, k_est, x0, rho, cg_iters)
                 _, _, dx = image_cld.x0_hat_coefficients(t)
                 s = s + image_guidance * dx.to(dtype).reshape(-1, 1, 1, 1) * (x_new - x0)
@@ -323,10 +347,10 @@ def restore_blind(
         kp, kv = reverse_step(kernel_cld, kp, kv, sk, dtau, knoise)
         if callback is not None:
             callback(i + 1, steps)
-    kernel = from_prior(to_prior(k_est))
+    kernel = from_prior(to_prior(k_est)) if known_kernel is None else known_kernel
     x_out = crop_from_canvas(x_est, offsets, h, w).clamp(-1.0, 1.0)
     with torch.no_grad():
         r = m_p * (y_p - blur(x_est, kernel))
         n_obs = (m_p.flatten(1).sum(1) * channels).clamp_min(1.0)
-        residual = torch.sqrt(r.flatten(1).pow(2).sum(1) / n_obs) / noise_sigma
+        residual = torch.sqrt(r.flatten(1).pow(2).sum(1) / n_obs) / sigma_b.flatten()
     return BlindResult(x=x_out, kernel=kernel, nfe=2 * steps, diagnostics={"residual_ratio": residual})
