@@ -1,0 +1,232 @@
+"""``checkout-restore dashboard --dest URI [--port N]``: serve a destination's reports on 127.0.0.1.
+
+Every request maps to a key under ``reports/`` and is read through the destination's
+:class:`storage.base.ObjectStore`, so a local folder and an S3 prefix are served the same way
+(for a local store that is a plain file read; for S3 a proxied GET with the store's credentials,
+which never reach the browser). Only ``reports/`` is reachable; the path is validated with the
+storage key rules (no ``..``, no empty segment, no backslash, no control character), so nothing
+outside it can be requested. Read-only: the store is opened with ``read_only=True``, and only
+GET and HEAD are answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mimetypes
+import subprocess
+import tempfile
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+from storage.base import ObjectStore
+from storage.errors import InvalidKeyError, ObjectNotFoundError, ObjectTooLargeError, StorageError
+from storage.keys import REPORTS_PREFIX, validate_key
+
+DEFAULT_PORT = 8765
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (apt-get install -y chromium)
+SCREENSHOT_SIZE = (1280, 1600)
+HOST = "127.0.0.1"  # never exposed beyond this machine: reports show customer frames
+MAX_OBJECT_BYTES = 256 * 1024 * 1024
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".json": "application/json",
+    ".csv": "text/csv; charset=utf-8",
+    ".parquet": "application/vnd.apache.parquet",
+    ".npy": "application/octet-stream",
+}
+
+
+def content_type(key: str) -> str:
+    """Content type of a report object, by extension (octet-stream when unknown)."""
+    dot = key.rfind(".")
+    ext = key[dot:].lower() if dot > key.rfind("/") else ""
+    if ext in _TYPES:
+        return _TYPES[ext]
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def key_for_path(path: str) -> str:
+    """The store key an URL path asks for: ``/`` -> ``reports/index.html``, ``/a/`` ->
+    ``reports/a/index.html``, ``/a/b.png`` -> ``reports/a/b.png``. Raises
+    :class:`InvalidKeyError` for anything that is not a valid key (``..``, ``//``, ``\\``, NUL)."""
+    # Split off query/fragment by hand: urlsplit would read "//host/x" as a network location.
+    rel = unquote(path.split("?", 1)[0].split("#", 1)[0], errors="strict")
+    if not rel.startswith("/"):
+        raise InvalidKeyError(path, "request path must start with '/'")
+    rel = rel[1:]
+    if rel == "" or rel.endswith("/"):
+        rel += "index.html"
+    return validate_key(REPORTS_PREFIX + validate_key(rel))
+
+
+class ReportsHandler(BaseHTTPRequestHandler):
+    """GET/HEAD of ``reports/`` objects from ``self.server.store`` (a :class:`ReportsServer`)."""
+
+    server: ReportsServer
+    server_version = "checkout-restore-dashboard"
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def _serve(self, *, body: bool) -> None:
+        store = self.server.store
+        try:
+            key = key_for_path(self.path)
+        except (InvalidKeyError, UnicodeDecodeError):
+            self._error(HTTPStatus.BAD_REQUEST, "invalid path", body)
+            return
+        try:
+            data = store.get(key, max_bytes=MAX_OBJECT_BYTES)
+        except ObjectNotFoundError:
+            # "/<run-id>" -> "/<run-id>/" so that the page's relative links resolve.
+            folder = self.path.split("?", 1)[0].split("#", 1)[0]
+            if not folder.endswith("/") and store.exists(key + "/index.html"):
+                self.send_response(HTTPStatus.MOVED_PERMANENTLY)
+                self.send_header("Location", folder + "/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self._error(HTTPStatus.NOT_FOUND, "not found", body)
+            return
+        except InvalidKeyError:  # the backend's own checks (e.g. its reserved names)
+            self._error(HTTPStatus.BAD_REQUEST, "invalid path", body)
+            return
+        except ObjectTooLargeError:
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "object too large to serve", body)
+            return
+        except StorageError as exc:
+            self.log_error("store error for %r: %s", key, exc)
+            self._error(HTTPStatus.BAD_GATEWAY, "store error", body)
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type(key))
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def _error(self, status: HTTPStatus, message: str, body: bool) -> None:
+        payload = f"{status.value} {message}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+class ReportsServer(ThreadingHTTPServer):
+    """A threading HTTP server on 127.0.0.1 that serves ``store``'s ``reports/``."""
+
+    daemon_threads = True
+
+    def __init__(self, store: ObjectStore, port: int = DEFAULT_PORT, *, quiet: bool = False) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} out of range 0..65535")
+        self.store = store
+        self.quiet = quiet
+        super().__init__((HOST, port), ReportsHandler)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>/`` (the real port when 0 was asked for)."""
+        return f"http://{HOST}:{self.server_address[1]}/"
+
+
+def start_dashboard(
+    store: ObjectStore, port: int = 0, *, quiet: bool = True
+) -> tuple[ReportsServer, threading.Thread]:
+    """Start a :class:`ReportsServer` in a background thread (for tests and notebooks); stop it
+    with ``server.shutdown(); server.server_close()``."""
+    server = ReportsServer(store, port, quiet=quiet)
+    thread = threading.Thread(target=server.serve_forever, name="reports-dashboard", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def headless_chromium(
+    *args: str, binary: str = CHROMIUM, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium once with a throw-away profile (``--dump-dom URL`` prints the DOM
+    after the page's ``load`` handlers ran; ``--screenshot=PATH URL`` writes a PNG). Offline
+    flags: no background networking, component updates, sync or first-run pages. Raises
+    :class:`RuntimeError` with Chromium's stderr tail when it fails."""
+    with tempfile.TemporaryDirectory(prefix="crs-chromium-") as profile:
+        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+               "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium exited with {done.returncode}: {done.stderr[-2000:]}")
+    return done
+
+
+def take_screenshot(url: str, path: str | Path, *, size: tuple[int, int] = SCREENSHOT_SIZE,
+                    binary: str = CHROMIUM) -> Path:
+    """PNG screenshot (``size`` = window width, height) of ``url`` with headless Chromium."""
+    out = Path(path).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    headless_chromium(f"--window-size={size[0]},{size[1]}", f"--screenshot={out}", url, binary=binary)
+    if not out.is_file():
+        raise RuntimeError(f"chromium wrote no screenshot to {out}")
+    return out
+
+
+def add_dashboard_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``dashboard`` subcommand (``func`` = :func:`dashboard_main`)."""
+    parser = subparsers.add_parser(
+        "dashboard",
+        help="serve a destination's reports on 127.0.0.1",
+        description="Serve the HTML reports under DEST/reports/ on http://127.0.0.1:PORT/ (Ctrl-C stops).",
+    )
+    parser.add_argument("--dest", required=True, help="destination URI (path, file:// or s3://)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"TCP port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--screenshot", metavar="PNG", default=None,
+                        help="instead of serving: write a screenshot of the newest run's report "
+                             f"(headless {CHROMIUM}) to PNG and exit")
+    parser.set_defaults(func=dashboard_main)
+    return parser
+
+
+def dashboard_main(args: argparse.Namespace) -> int:
+    """Serve until interrupted (prints the URL), or write ``--screenshot``. Returns the exit status."""
+    from storage import open_store
+    from storage.reports import list_runs  # pulls in pandas: only when the command runs
+
+    store = open_store(args.dest, read_only=True)
+    if getattr(args, "screenshot", None):
+        runs = list_runs(store)
+        server, thread = start_dashboard(store, 0)
+        try:
+            url = server.url + (f"{runs[-1]}/" if runs else "")
+            print(take_screenshot(url, args.screenshot), flush=True)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+        return 0
+    with ReportsServer(store, args.port) as server:
+        print(f"Serving reports of {store.uri} at {server.url} (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+    return 0
