@@ -1,0 +1,323 @@
+"""`checkout-restore train`: HSM training of the image / kernel CLD priors (file I/O edge).
+
+All file handling for training lives here: the YAML config, the cached training bank
+(`.cache/`), the resumable state (`state.pt`, loaded with weights_only=True), the exported prior
+(`<prior>.safetensors` + `<prior>.json`), the loss log (`loss.csv`) and loss curve (`loss.png`).
+The training loop itself is pure tensor code in restoration/train.py.
+
+Usage (also `python -m flows.train_cli ...`):
+    checkout-restore train --prior kernel --config configs/prior_kernel.yaml --out runs/prior_kernel
+    checkout-restore train --prior image --config configs/prior_image.yaml --out runs/prior_image \
+        --export-dir restoration/checkpoints
+A run resumes from `<out>/state.pt` when it exists (pass --fresh to start over); `--steps N`
+overrides the config's step count (to extend a finished run, raise it and rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from restoration.cld import CLD
+from restoration.priors import export_prior
+from restoration.score_net import build_eps_net, param_count
+from restoration.train import (
+    Callbacks,
+    TrainConfig,
+    TrainState,
+    crop_batches,
+    load_training_state,
+    new_state,
+    train,
+    training_state_bytes,
+)
+
+PRIORS = ("image", "kernel")
+DEFAULT_FONT_GLOBS = ("/usr/share/fonts/truetype/dejavu/*.ttf",)
+
+
+class TrainCLIError(RuntimeError):
+    """Raised for unusable configs or inputs of the train command."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The parsed YAML config of a training run."""
+
+    prior: str
+    net: dict[str, Any]
+    cld: dict[str, Any]
+    data: dict[str, Any]
+    train: TrainConfig
+
+
+def load_config(path: Path, steps: int | None = None) -> RunConfig:
+    """Read a prior training YAML into a RunConfig (optionally overriding train.steps)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TrainCLIError(f"cannot read config {path}: {exc}") from exc
+    for key in ("prior", "net", "cld", "data", "train"):
+        if not isinstance(raw, dict) or key not in raw:
+            raise TrainCLIError(f"config {path} lacks '{key}'")
+    if raw["prior"] not in PRIORS:
+        raise TrainCLIError(f"config prior must be one of {PRIORS}, got {raw['prior']!r}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(raw["train"]) - known
+    if unknown:
+        raise TrainCLIError(f"unknown train keys in {path}: {sorted(unknown)}")
+    tcfg = dict(raw["train"])
+    if steps is not None:
+        tcfg["steps"] = steps
+    CLD(**raw["cld"])  # validate early
+    return RunConfig(raw["prior"], dict(raw["net"]), dict(raw["cld"]), dict(raw["data"]),
+                     TrainConfig(**tcfg))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    """HEAD of the checkout this runs from, or "unknown"."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def find_fonts(globs: list[str] | tuple[str, ...]) -> list[str]:
+    """Font files matching the config's globs (sorted, so renders are reproducible)."""
+    fonts = sorted({f for g in globs for f in glob.glob(os.path.expanduser(g))})
+    if not fonts:
+        raise TrainCLIError(f"no fonts match {list(globs)}; set data.fonts in the config")
+    return fonts
+
+
+def _cache_path(cache_dir: Path, kind: str, spec: dict[str, Any]) -> Path:
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"{kind}-{key}.npy"
+
+
+def image_bank(data: dict[str, Any], cache_dir: Path, progress: bool = True) -> torch.Tensor:
+    """(N, 3, S, S) uint8 bank of training renders (train seeds only), cached as .npy."""
+    from restoration import synthetic
+
+    n, size, seed0 = int(data["n_products"]), int(data["render_size"]), int(data.get("seed", 0))
+    if seed0 < 0 or seed0 + n > synthetic.TRAIN_SEEDS_END:
+        raise TrainCLIError(
+            f"train seeds [{seed0}, {seed0 + n}) leave [0, {synthetic.TRAIN_SEEDS_END})"
+        )
+    fonts = find_fonts(data.get("fonts", DEFAULT_FONT_GLOBS))
+    spec = {"n": n, "size": size, "seed": seed0, "fonts": [Path(f).name for f in fonts]}
+    path = _cache_path(cache_dir, "image", spec)
+    if path.exists():
+        return torch.from_numpy(np.load(path))
+    from tqdm.auto import tqdm
+
+    chunks = []
+    for start in tqdm(range(0, n, 64), disable=not progress, desc="rendering", unit="x64"):
+        seeds = list(range(seed0 + start, seed0 + min(n, start + 64)))
+        imgs = synthetic.render_batch(seeds, size, fonts)
+        chunks.append(((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    bank = torch.cat(chunks).numpy()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, bank)
+    os.replace(tmp, path)
+    return torch.from_numpy(bank)
+
+
+def kernel_bank(data: dict[str, Any], cache_dir: Path, progress: bool = True) -> torch.Tensor:
+    """(N, 1, K, K) float32 bank of generated kernels in the prior representation, cached."""
+    from tqdm.auto import tqdm
+
+    from restoration.kernels import sample_kernels, to_prior
+
+    n, size, seed = int(data["bank"]), int(data["size"]), int(data.get("seed", 0))
+    kinds = tuple(data.get("kinds", ("motion", "gaussian", "defocus", "mixture")))
+    path = _cache_path(cache_dir, "kernel", {"n": n, "size": size, "seed": seed,
+                                             "kinds": list(kinds)})
+    if path.exists():
+        return torch.from_numpy(np.load(path))
+    g = torch.Generator().manual_seed(seed)
+    chunks = []
+    for start in tqdm(range(0, n, 256), disable=not progress, desc="kernels", unit="x256"):
+        chunks.append(to_prior(sample_kernels(min(256, n - start), size, g, kinds)))
+    bank = torch.cat(chunks).float().numpy()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, bank)
+    os.replace(tmp, path)
+    return torch.from_numpy(bank)
+
+
+def plot_losses(losses: list[tuple[int, float]], path: Path, title: str) -> None:
+    """Loss curve PNG (log y)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if losses:
+        steps, vals = zip(*losses, strict=True)
+        ax.plot(steps, vals, lw=0.8, alpha=0.5, label="mean over log window")
+        if len(vals) >= 10:
+            k = max(5, len(vals) // 30)
+            smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"moving mean ({k} windows)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("HSM loss (eps_v MSE)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _final_loss(losses: list[tuple[int, float]], window: int = 10) -> float | None:
+    if not losses:
+        return None
+    tail = [v for _, v in losses[-window:]]
+    return float(sum(tail) / len(tail))
+
+
+def prior_metadata(cfg: RunConfig, state: TrainState, command: str) -> dict[str, Any]:
+    """JSON metadata stored beside the exported weights."""
+    return {
+        "name": cfg.prior,
+        "net": cfg.net,
+        "cld": cfg.cld,
+        "data": {k: v for k, v in cfg.data.items() if k != "fonts"}
+        | {"source": "project-generated only (restoration.synthetic renders / "
+                     "restoration.kernels generators); no external data"},
+        "train": asdict(cfg.train),
+        "steps": state.step,
+        "wall_time_s": round(state.wall_time_s, 1),
+        "final_loss": _final_loss(state.losses),
+        "params": param_count(state.model),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "command": command,
+    }
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `train` subcommand on a CLI's subparsers."""
+    p = subparsers.add_parser("train", help="train a CLD prior (HSM) on project-generated data")
+    _add_args(p)
+    p.set_defaults(func=train_main)
+    return p
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", choices=PRIORS, required=True)
+    p.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/prior_image.yaml")
+    p.add_argument("--out", type=Path, required=True, help="run directory (state, logs, export)")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--export-dir", type=Path, default=None,
+                   help="also write <prior>.safetensors/.json here at every checkpoint")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    p.add_argument("--fresh", action="store_true", help="ignore an existing state.pt")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def train_main(args: argparse.Namespace) -> int:
+    """Run (or resume) one training run; returns a process exit code."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (e.g. `kill PID`) ends the run like Ctrl-C: the loop's finally saves a checkpoint.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    cfg = load_config(args.config, args.steps)
+    if cfg.prior != args.prior:
+        raise TrainCLIError(f"--prior {args.prior} but {args.config} is for {cfg.prior!r}")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    device = torch.device(args.device)
+
+    net = build_eps_net(cfg.net, cfg.cld, init_seed=cfg.train.seed)
+    state = new_state(net, cfg.train, device)
+    state_path = out / "state.pt"
+    if state_path.exists() and not args.fresh:
+        load_training_state(state, state_path.read_bytes())
+        print(f"resumed {state_path} at step {state.step}", file=sys.stderr)
+
+    if cfg.prior == "image":
+        bank = image_bank(cfg.data, args.cache_dir, progress)
+        batches = crop_batches(bank, cfg.train.batch_size, int(cfg.data["crop"]),
+                               state.data_generator)
+    else:
+        bank = kernel_bank(cfg.data, args.cache_dir, progress)
+        batches = crop_batches(bank, cfg.train.batch_size, int(cfg.data["size"]),
+                               state.data_generator, transpose=True)
+    # Data order after a resume continues from the saved data generator state.
+    command = (f"checkout-restore train --prior {args.prior} --config {args.config} "
+               f"--out {args.out}" + (f" --steps {args.steps}" if args.steps else ""))
+
+    def on_log(step: int, loss: float) -> None:
+        with (out / "loss.csv").open("a") as f:
+            f.write(f"{step},{loss:.6f},{state.wall_time_s:.1f}\n")
+
+    def on_checkpoint(st: TrainState, final: bool) -> None:
+        _atomic_write(state_path, training_state_bytes(st))
+        weights, meta = export_prior(st.ema.model, prior_metadata(cfg, st, command))
+        dirs = [out] + ([args.export_dir] if args.export_dir else [])
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            _atomic_write(d / f"{cfg.prior}.safetensors", weights)
+            _atomic_write(d / f"{cfg.prior}.json", meta)
+        plot_losses(st.losses, out / "loss.png",
+                    f"{cfg.prior} prior: HSM loss ({st.step} steps, {st.wall_time_s / 60:.0f} min)")
+
+    if not (out / "loss.csv").exists() or args.fresh:
+        (out / "loss.csv").write_text("step,loss,wall_time_s\n")
+    print(f"{cfg.prior} prior: {param_count(state.model):,} parameters, "
+          f"steps {state.step} -> {cfg.train.steps}", file=sys.stderr)
+    train(state, CLD(**cfg.cld), batches, cfg.train,
+          Callbacks(on_log=on_log, on_checkpoint=on_checkpoint), progress=progress)
+    print(f"done: step {state.step}, wall {state.wall_time_s:.0f} s, "
+          f"final loss {_final_loss(state.losses)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.train_cli", description=__doc__)
+    _add_args(parser)
+    return train_main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
