@@ -1,0 +1,224 @@
+"""Subcommands ``run``, ``serve``, ``watch``, ``bridge-sqs`` and ``bench-pipeline``.
+
+Registered by :func:`add_pipeline_parsers` (``flows/cli.py`` lists it). Prefect, Ray and torch
+are imported inside the handlers so ``checkout-restore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default
+
+
+def add_pipeline_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register the pipeline subcommands on the top-level parser's ``subparsers``."""
+    p = subparsers.add_parser("run", help="run the restore-frames flow once and print where the report is")
+    p.add_argument("--source", required=True, help="frames to restore: a folder, file:// or s3:// URI")
+    p.add_argument("--dest", required=True, help="where outputs and reports go (must not overlap --source)")
+    p.add_argument("--config", default="default", help="config name in configs/ or a YAML path")
+    p.add_argument("--limit", type=int, default=None, help="restore at most N pending frames this run")
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("serve", help="serve the nightly and on-upload deployments (until Ctrl-C)")
+    p.add_argument("--source", required=True)
+    p.add_argument("--dest", required=True)
+    p.add_argument("--config", default="default")
+    p.add_argument("--name-prefix", default="", help="prefix of the deployment names (one pair per source)")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("watch", help="poll a store, emit upload events for new frames")
+    p.add_argument("--source", required=True)
+    p.add_argument("--state", type=Path, default=None, help="seen-keys state file (default: in ~/.cache)")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
+    p.add_argument("--once", action="store_true", help="poll once and exit")
+    p.add_argument("--baseline", action="store_true", help="first poll records existing frames silently")
+    p.add_argument("--max-events", type=int, default=1000, help="events per poll at most")
+    p.add_argument("--check-changes", action="store_true",
+                   help="HEAD every frame each poll to catch overwritten objects (costly on big stores)")
+    p.set_defaults(func=cmd_watch)
+
+    p = subparsers.add_parser("bridge-sqs", help="turn S3 ObjectCreated notifications from SQS into events")
+    p.add_argument("--queue-url", required=True)
+    p.add_argument("--source", required=True, help="the served s3:// source; other keys are ignored")
+    p.add_argument("--region", default=None, help="SQS region (default: the AWS configuration's)")
+    p.add_argument("--wait", type=int, default=20, help="long-poll seconds (0-20)")
+    p.add_argument("--once", action="store_true", help="one long poll, then exit")
+    p.set_defaults(func=cmd_bridge_sqs)
+
+    p = subparsers.add_parser("bench-pipeline", help="frames/s of the Ray fan-out for 1 and 2 actors")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=64, help="side of the square synthetic frames")
+    p.add_argument("--working-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--actors", default="1,2", help="comma-separated actor counts to measure")
+    p.add_argument("--config", default="smoke", help="base config (the options above override it)")
+    p.set_defaults(func=cmd_bench_pipeline)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import restore_frames
+
+    summary = restore_frames(source=args.source, dest=args.dest, config=args.config, limit=args.limit)
+    c = summary["counts"]
+    print(f"run id:      {summary['run_id']}")
+    print(f"flow run id: {summary['flow_run_id']}")
+    print(f"frames:      {c['restored']} restored, {c['skipped']} skipped, {c['quarantined']} quarantined"
+          + (f", {summary['deferred']} left for a later run (--limit)" if summary["deferred"] else ""))
+    print(f"report:      {summary['report_uri']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.config import load_config
+    from flows.deploy import serve_deployments
+    from storage.stores import open_store
+
+    source_uri = open_store(args.source, read_only=True).uri  # upload events carry the canonical URI
+    serve_deployments(source_uri, args.dest, load_config(args.config), args.config,
+                      name_prefix=args.name_prefix)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from flows.upload_events import prefect_emitter
+    from flows.watch import watch
+    from storage.stores import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = open_store(args.source, read_only=True)
+    sent = watch(store, prefect_emitter, state_path=args.state, interval_s=args.interval, once=args.once,
+                 baseline=args.baseline, max_events=args.max_events, check_changes=args.check_changes,
+                 stop=_stop_on_signals())
+    print(f"{sent} events sent")
+    return 0
+
+
+def cmd_bridge_sqs(args: argparse.Namespace) -> int:
+    import boto3
+
+    from flows.bridge_sqs import bridge
+    from flows.upload_events import prefect_emitter
+
+    if not 0 <= args.wait <= 20:
+        raise SystemExit("--wait must be 0..20 seconds (SQS long-poll limit)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sqs = boto3.client("sqs", region_name=args.region)
+    sent = bridge(sqs, args.queue_url, args.source, prefect_emitter, wait_s=args.wait, once=args.once,
+                  stop=_stop_on_signals())
+    print(f"{sent} events sent")
+    return 0
+
+
+def bench_frames(n: int, size: int, seed: int = 0) -> list[bytes]:
+    """``n`` synthetic blurred PNG frames (smooth colour fields with edges, 9-px motion blur)."""
+    import numpy as np
+    from scipy.ndimage import convolve
+
+    from storage.images import encode_png
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    kernel = np.zeros((9, 9))
+    kernel[4, :] = 1 / 9
+    out = []
+    for _ in range(n):
+        img = np.stack([np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform(0, 1) * yy + rng.uniform()))
+                        for _ in range(3)], axis=-1) * 0.3 + 0.5
+        x0, y0 = rng.integers(0, size // 2, 2)
+        img[y0:y0 + size // 3, x0:x0 + size // 3] = rng.uniform(0, 1, 3)
+        blurred = np.stack([convolve(img[..., c], kernel, mode="nearest") for c in range(3)], axis=-1)
+        noisy = blurred + rng.normal(0, 0.02, blurred.shape)
+        out.append(encode_png(np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)))
+    return out
+
+
+def bench_pipeline(frames: int, size: int, working_size: int, steps: int, batch_size: int,
+                   actor_counts: list[int], config: str = "smoke") -> list[dict[str, Any]]:
+    """Restore the same frames with each actor count (fresh destination each time) and measure
+    actor start-up (priors loading) and restore throughput (decode + restore + write + ledger)."""
+    import tempfile
+
+    from flows.actors import ActorPool, RunContext, ensure_ray, fan_out
+    from flows.config import load_config
+    from storage.reports import new_run_id
+    from storage.sidecars import discover
+    from storage.stores import open_store
+
+    base = load_config(config)
+    restoration = base.restoration.model_copy(update={"working_size": working_size, "steps": steps,
+                                                      "batch_size": batch_size})
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ckr-bench-") as tmp:
+        source = open_store(Path(tmp) / "inbox")
+        for i, data in enumerate(bench_frames(frames, size)):
+            source.put(f"bench/f{i:04d}.png", data)
+        refs = [replace(r, etag=source.head(r.key).etag) for r in discover(source)]
+        batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
+        cluster_max = max(actor_counts)
+        big = base.cluster.model_copy(update={"actors": cluster_max})
+        with ensure_ray(big) as local:
+            for n in actor_counts:
+                cluster = base.cluster.model_copy(update={"actors": n, "max_in_flight": 2 * n})
+                ctx = RunContext(run_id=new_run_id(), source_uri=source.uri,
+                                 dest_uri=(Path(tmp) / f"out-{n}").as_uri(), config_hash=f"bench-{n}")
+                t0 = time.perf_counter()
+                pool = ActorPool(cluster, restoration, ctx, local=local)
+                try:
+                    pool.ready()
+                    t1 = time.perf_counter()
+                    rows, _ = fan_out(pool, batches, max_in_flight=cluster.max_in_flight)
+                    t2 = time.perf_counter()
+                finally:
+                    pool.close()
+                restored = sum(r["status"] == "restored" for r in rows)
+                results.append({"actors": n, "frames": restored, "size": size, "working_size": working_size,
+                                "steps": steps, "batch_size": batch_size, "startup_s": t1 - t0,
+                                "restore_s": t2 - t1, "frames_per_s": restored / (t2 - t1)})
+    return results
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    counts = [int(a) for a in args.actors.split(",") if a.strip()]
+    if not counts or min(counts) < 1:
+        raise SystemExit("--actors needs positive integers, e.g. 1,2")
+    print(f"bench-pipeline: {args.frames} frames {args.size}x{args.size}, working size {args.working_size}, "
+          f"{args.steps} steps, batch {args.batch_size}, {os.cpu_count()} CPUs", flush=True)
+    results = bench_pipeline(args.frames, args.size, args.working_size, args.steps, args.batch_size, counts,
+                             args.config)
+    print("| actors | frames | working size | steps | start-up s | restore s | frames/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['actors']} | {r['frames']} | {r['working_size']} | {r['steps']} | {r['startup_s']:.1f} "
+              f"| {r['restore_s']:.1f} | {r['frames_per_s']:.3f} |")
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m flows.pipeline_cli``): the pipeline subcommands only."""
+    parser = argparse.ArgumentParser(prog="checkout-restore", description="pipeline subcommands")
+    add_pipeline_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

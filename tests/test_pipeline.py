@@ -1,0 +1,162 @@
+"""The restore-frames flow end to end: real Prefect (temporary server), in-process Ray with two
+actors, the shipped priors with configs/smoke.yaml, on a local folder and on moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pipeline_frames
+import pytest
+import ray
+import yaml
+from pipeline_frames import SIZE, CrashOnce, truncated_png, write_frames
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.actors import ensure_ray
+from flows.config import load_config
+from flows.pipeline import restore_frames, run_pipeline
+from storage.errors import FrameError
+from storage.images import decode_frame
+from storage.keys import kernel_npy_key, kernel_png_key, ledger_key, restored_key
+from storage.ledger import read_ledger
+from storage.reports import load_frames_report
+from storage.sidecars import load_kernel
+from storage.stores import open_store
+
+FRAMES = ["cam1/f0", "cam1/f1", "cam2/f2"]
+CONTENT_REASONS = {cls.reason for cls in FrameError.__subclasses__()}
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect server (own SQLite database) for the module's flow runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One in-process Ray instance for the module (each run still starts and stops its actors)."""
+    ray.cloudpickle.register_pickle_by_value(pipeline_frames)  # workers cannot import tests/
+    with ensure_ray(load_config("smoke").cluster) as local:
+        assert local
+        yield
+
+
+def _stores(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, str]:
+    if backend == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        return f"s3://{bucket}/inbox", f"s3://{bucket}/out"
+    return str(tmp_path / "inbox"), str(tmp_path / "out")
+
+
+def _changed_config(tmp_path: Path) -> Path:
+    data = yaml.safe_load(Path("configs/smoke.yaml").read_text())
+    data["restoration"]["steps"] = data["restoration"]["steps"] - 2
+    path = tmp_path / "smoke-fewer-steps.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_restore_rerun_and_config_change(backend: str, prefect_api: None, local_ray: None, tmp_path: Path,
+                                         request: pytest.FixtureRequest) -> None:
+    src, dst = _stores(backend, tmp_path, request)
+    source = open_store(src)
+    write_frames(source, FRAMES)
+    source.put("cam2/bad.png", truncated_png())
+    dest = open_store(dst)
+
+    # First run: three frames restored, the truncated one quarantined with its reason.
+    first = restore_frames(src, dst, "smoke")
+    assert first["counts"] == {"restored": 3, "skipped": 0, "quarantined": 1, "total": 4}
+    rows = load_frames_report(dest, first["run_id"]).set_index("key")
+    assert sorted(rows.index) == ["cam1/f0.png", "cam1/f1.png", "cam2/bad.png", "cam2/f2.png"]
+    bad = rows.loc["cam2/bad.png"]
+    assert bad["status"] == "quarantined" and bad["reason"] in CONTENT_REASONS and bad["detail"]
+    good = rows.drop(index="cam2/bad.png")
+    assert (good["status"] == "restored").all()
+    for col in ("psnr", "ssim", "kernel_mse", "kernel_ncc", "residual", "seconds"):
+        assert np.isfinite(good[col].to_numpy(float)).all(), col  # every good frame has truth sidecars
+    assert np.isnan(float(bad["psnr"]))
+    for fid in ("cam1/f0", "cam1/f1", "cam2/f2"):
+        assert decode_frame(dest.get(restored_key(fid))).shape == (*SIZE, 3)
+        assert abs(float(load_kernel(dest.get(kernel_npy_key(fid))).sum()) - 1) < 1e-5
+        assert dest.exists(kernel_png_key(fid))
+        assert read_ledger(dest, fid).run_id == first["run_id"]
+    for name in ("frames.parquet", "frames.csv", "summary.json"):
+        assert dest.exists(f"reports/{first['run_id']}/{name}")
+    assert dest.exists(first["report_key"]) and dest.exists("reports/index.html")
+    assert json.loads(dest.get(f"reports/{first['run_id']}/summary.json"))["counts"] == first["counts"]
+
+    # Rerun: nothing restored, every frame skipped (the bad one because its bytes did not change).
+    second = restore_frames(src, dst, "smoke")
+    assert second["counts"] == {"restored": 0, "skipped": 4, "quarantined": 0, "total": 4}
+    rows2 = load_frames_report(dest, second["run_id"]).set_index("key")
+    assert rows2.loc["cam2/bad.png", "reason"] == f"quarantined_before:{bad['reason']}"
+    assert (rows2.drop(index="cam2/bad.png")["reason"] == "up_to_date").all()
+    assert all(read_ledger(dest, fid).run_id == first["run_id"] for fid in ("cam1/f0", "cam1/f1", "cam2/f2"))
+
+    # A changed config (fewer steps) redoes everything, the bad frame included.
+    changed = _changed_config(tmp_path)
+    third = restore_frames(src, dst, str(changed))
+    assert third["counts"] == {"restored": 3, "skipped": 0, "quarantined": 1, "total": 4}
+    assert third["config_hash"] == load_config(str(changed)).config_hash() != first["config_hash"]
+    for fid in ("cam1/f0", "cam1/f1", "cam2/f2"):
+        entry = read_ledger(dest, fid)
+        assert (entry.run_id, entry.config_hash) == (third["run_id"], third["config_hash"])
+
+    if backend == "local":
+        _check_artifacts(third)
+
+
+def _check_artifacts(summary: dict) -> None:
+    with get_client(sync_client=True) as client:
+        def latest(key: str) -> object:
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return max(arts, key=lambda a: a.created)
+
+        table = latest("restore-frames-frames")
+        assert table.type == "table"
+        data = json.loads(table.data) if isinstance(table.data, str) else table.data
+        assert {r["key"] for r in data} == {"cam1/f0.png", "cam1/f1.png", "cam2/f2.png", "cam2/bad.png"}
+        markdown = latest("restore-frames-summary")
+        assert markdown.type == "markdown" and summary["run_id"] in markdown.data
+        link = latest("restore-frames-report")
+        assert summary["report_uri"] in link.data  # Prefect stores link artifacts as markdown links
+        progress = latest("restore-frames-progress")
+        assert progress.type == "progress" and float(progress.data) == 100.0
+
+
+@flow(name="restore-frames-crash-test")
+def _flow_with_crash(source: str, dest: str, marker: str) -> dict:
+    return run_pipeline(source, dest, "smoke", fault_hook=CrashOnce(marker))
+
+
+@pytest.mark.timeout(150)
+def test_actor_killed_mid_batch_every_frame_restored_once(prefect_api: None, local_ray: None,
+                                                          tmp_path: Path) -> None:
+    src, dst = tmp_path / "inbox", tmp_path / "out"
+    names = [f"lane/f{i}" for i in range(6)]
+    write_frames(open_store(src), names, truth=False)
+    marker = tmp_path / "crashed"
+    summary = _flow_with_crash(str(src), str(dst), str(marker))
+    crashed_key = marker.read_text()  # the worker died right after writing this frame's outputs
+    assert crashed_key in {f"{n}.png" for n in names}
+    assert summary["resubmitted_batches"] >= 1
+    assert summary["counts"] == {"restored": 6, "skipped": 0, "quarantined": 0, "total": 6}
+    dest = open_store(dst)
+    rows = load_frames_report(dest, summary["run_id"])
+    assert sorted(rows["key"]) == sorted(f"{n}.png" for n in names)  # each frame exactly once
+    assert (rows["status"] == "restored").all()
+    for n in names:
+        assert dest.exists(ledger_key(n)) and read_ledger(dest, n).run_id == summary["run_id"]
