@@ -60,3 +60,32 @@ def test_bad_bytes_raise_prior_error() -> None:
         load_shipped("video")
     with pytest.raises(PriorError):
         export_prior(build_eps_net(json.loads(meta)["net"], CLD_CFG), {"name": "x"})
+
+
+@pytest.mark.parametrize(("name", "channels", "sizes"),
+                         [("image", 3, [(64, 64), (96, 160)]), ("kernel", 1, [(31, 31)])])
+def test_load_shipped_returns_working_prior(name: str, channels: int, sizes: list) -> None:
+    import hashlib
+
+    from restoration.priors import shipped_bytes
+
+    prior = load_shipped(name)
+    weights, _ = shipped_bytes(name)
+    meta = prior.meta
+    assert meta["name"] == name and prior.channels == channels
+    assert meta["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert prior.version == f"{name}-{meta['sha256'][:12]}"
+    assert meta["steps"] > 0 and meta["wall_time_s"] > 0 and meta["git_commit"]
+    assert "project-generated" in meta["data"]["source"]
+    assert prior.device == torch.device("cpu") and not prior.net.training
+    assert len(weights) <= 20 * 2**20
+    g = torch.Generator().manual_seed(3)
+    for h, w in sizes:
+        x0 = torch.rand(2, channels, h, w, generator=g) * 2 - 1
+        t = torch.tensor([0.05, 0.5], dtype=torch.float64)
+        p = prior.cld.perturb(x0, t, g)
+        s = prior.score(p.x, p.v, t)
+        assert s.shape == x0.shape and torch.isfinite(s).all()
+        # The trained net must differ from its zero-initialised (Gaussian-base) start.
+        base = prior.net.gaussian_eps(p.x, p.v, t.float())
+        assert (prior.eps(p.x, p.v, t) - base).abs().mean() > 1e-3
