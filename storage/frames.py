@@ -1,0 +1,67 @@
+"""Load one discovered frame with its sidecars, as arrays, ready for the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.base import ObjectStore
+from storage.errors import ImageTooLargeError, ObjectTooLargeError, TruthSizeMismatchError
+from storage.images import DEFAULT_MAX_PIXELS, decode_frame, decode_mask
+from storage.sidecars import FrameRef, load_kernel
+
+# Refuse to download more than this per object (a 36 MP frame as 16-bit RGB PNG is ~220 MB).
+DEFAULT_MAX_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, eq=False)
+class FrameData:
+    """A frame and its optional sidecars, decoded (see :mod:`storage.images`).
+
+    ``image`` and ``sharp`` are uint8 (H, W, 3); ``mask`` is bool (H, W), True = observed;
+    ``kernel`` is float32 2-D summing to 1.
+    """
+
+    ref: FrameRef
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    sharp: np.ndarray | None = None
+    kernel: np.ndarray | None = None
+
+
+def _get(store: ObjectStore, key: str, max_bytes: int) -> bytes:
+    try:
+        return store.get(key, max_bytes=max_bytes)
+    except ObjectTooLargeError as exc:
+        raise ImageTooLargeError(f"{key}: {exc.size} bytes, over the {max_bytes} limit") from None
+
+
+def load_frame(
+    store: ObjectStore,
+    ref: FrameRef,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> FrameData:
+    """Read and decode ``ref``'s frame and sidecars from ``store``.
+
+    Raises a :class:`storage.errors.FrameError` (quarantine with its ``reason``) for any bad
+    frame or sidecar, including a mask or truth whose size differs from the frame's; storage
+    failures (missing object, backend down) stay :class:`storage.errors.StorageError`.
+    """
+    image = decode_frame(_get(store, ref.key, max_bytes), max_pixels=max_pixels)
+    mask = sharp = kernel = None
+    if ref.mask_key is not None:
+        data = _get(store, ref.mask_key, max_bytes)
+        mask = decode_mask(data, shape=image.shape, max_pixels=max_pixels)
+    if ref.sharp_key is not None:
+        sharp = decode_frame(_get(store, ref.sharp_key, max_bytes), max_pixels=max_pixels)
+        if sharp.shape != image.shape:
+            raise TruthSizeMismatchError(
+                f"sharp truth is {sharp.shape[0]}x{sharp.shape[1]} (HxW), "
+                f"frame is {image.shape[0]}x{image.shape[1]}"
+            )
+    if ref.kernel_key is not None:
+        kernel = load_kernel(_get(store, ref.kernel_key, max_bytes))
+    return FrameData(ref=ref, image=image, mask=mask, sharp=sharp, kernel=kernel)

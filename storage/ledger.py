@@ -1,0 +1,291 @@
+"""Idempotency ledger: what produced each output, so reruns skip finished work.
+
+Choice: one small JSON object per frame at ``ledger/<id>.json`` in the destination store,
+written by :func:`record_done` *after* the frame's outputs. It is the commit marker: a run that
+dies half-way through a frame leaves no ledger entry, so the frame stays pending. (The outputs
+also carry the same facts as S3 user metadata, :func:`output_metadata`, for provenance, but
+only the ledger decides.) A frame is up to date when its entry names the same source key,
+the source ETag seen now, the same config hash and the same model version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from storage.base import ObjectStore, stores_overlap
+from storage.errors import LedgerError, ObjectNotFoundError, OverlappingStoresError
+from storage.keys import ledger_key, output_keys
+from storage.sidecars import FrameRef, discover
+
+log = logging.getLogger(__name__)
+
+LEDGER_SCHEMA = 1
+HASH_CHARS = 16  # 64 bits of sha256: collisions are not a practical concern for configs
+
+
+def _plain(obj: Any) -> Any:
+    """Reduce a config object to JSON types, deterministically."""
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return _plain(obj.value)
+    if isinstance(obj, np.generic):
+        return _plain(obj.item())
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(f"config_hash: non-finite float {obj!r}")
+        # 100 and 100.0 (YAML int vs dataclass float) are the same setting.
+        return int(obj) if obj.is_integer() and abs(obj) < 2**53 else obj
+    if isinstance(obj, PurePath):
+        return obj.as_posix()
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "model_dump") and callable(obj.model_dump):  # pydantic v2 model
+        return _plain(obj.model_dump(mode="json"))
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"config_hash: mapping keys must be str, got {k!r}")
+            out[k] = _plain(v)
+        return out
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, set | frozenset):
+        items = [_plain(v) for v in obj]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    raise TypeError(f"config_hash: cannot hash a {type(obj).__name__}")
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, no NaN; dataclasses/pydantic/enums/paths/numpy reduced."""
+    return json.dumps(
+        _plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a configuration: first 16 hex digits of sha256(canonical JSON)."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:HASH_CHARS]
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerEntry:
+    """The content of ``ledger/<id>.json``."""
+
+    frame_id: str
+    source_key: str
+    source_etag: str
+    config_hash: str
+    model_version: str
+    outputs: tuple[str, ...]
+    run_id: str | None = None
+    completed_at: str = ""
+    source_uri: str = ""
+    schema: int = LEDGER_SCHEMA
+
+    def to_json(self) -> bytes:
+        record = dataclasses.asdict(self)
+        record["outputs"] = list(self.outputs)
+        return json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LedgerEntry:
+        record = json.loads(data)
+        if not isinstance(record, dict):
+            raise ValueError("ledger entry is not a JSON object")
+        record["outputs"] = tuple(record.get("outputs", ()))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+    def is_current(self, ref: FrameRef, etag: str, config_hash: str, model_version: str) -> bool:
+        """True when this entry was produced from exactly this input, config and model."""
+        return (
+            self.schema == LEDGER_SCHEMA
+            and self.source_key == ref.key
+            and self.source_etag == etag
+            and self.config_hash == config_hash
+            and self.model_version == model_version
+        )
+
+
+def read_ledger(dest: ObjectStore, frame_id: str) -> LedgerEntry | None:
+    """The entry for ``frame_id``, or None if absent or unreadable (then the frame is redone)."""
+    key = ledger_key(frame_id)
+    try:
+        data = dest.get(key)
+    except ObjectNotFoundError:
+        return None
+    try:
+        return LedgerEntry.from_json(data)
+    except (ValueError, TypeError) as exc:
+        log.warning("unreadable ledger entry %r in %s (%s): frame will be redone", key, dest.uri, exc)
+        return None
+
+
+def output_metadata(
+    ref: FrameRef, config_hash: str, model_version: str, run_id: str | None = None
+) -> dict[str, str]:
+    """User metadata for a frame's outputs (percent-encoded, so any key fits S3 headers)."""
+    meta = {
+        "source-key": quote(ref.key, safe="/"),
+        "config-hash": quote(config_hash, safe=""),
+        "model-version": quote(model_version, safe=""),
+    }
+    if ref.etag is not None:
+        meta["source-etag"] = quote(ref.etag, safe='"')
+    if run_id is not None:
+        meta["run-id"] = run_id
+    return meta
+
+
+def _check_one(
+    source: ObjectStore, dest: ObjectStore, ref: FrameRef, config_hash: str, model_version: str
+) -> FrameRef | None:
+    try:
+        etag = source.head(ref.key).etag
+    except ObjectNotFoundError:
+        log.warning("source frame %r vanished from %s after listing", ref.key, source.uri)
+        return None
+    entry = read_ledger(dest, ref.id)
+    if entry is not None and entry.is_current(ref, etag, config_hash, model_version):
+        return None
+    return dataclasses.replace(ref, etag=etag)
+
+
+def pending(
+    source_store: ObjectStore,
+    dest_store: ObjectStore,
+    config_hash: str,
+    model_version: str,
+    prefix: str = "",
+    *,
+    workers: int = 8,
+    on_invalid: Callable[[str, str], None] | None = None,
+) -> Iterator[FrameRef]:
+    """Yield, in discovery order, exactly the frames without an up-to-date ledger entry.
+
+    Each yielded :class:`FrameRef` carries ``etag``: the source ETag read *before* the frame
+    is processed. Pass it on to :func:`record_done`; if the source changes in between, the
+    recorded ETag is the old one and the next run redoes the frame (never the reverse).
+    Lookups (a HEAD on the source, a GET of the ledger entry) run on ``workers`` threads
+    with a bounded look-ahead of ``4 * workers`` frames, so memory stays bounded.
+    Raises :class:`OverlappingStoresError` if one store lies inside the other.
+    """
+    if stores_overlap(source_store, dest_store):
+        raise OverlappingStoresError(
+            f"source {source_store.uri} and destination {dest_store.uri} overlap: outputs "
+            "would be rediscovered as frames"
+        )
+    refs = discover(source_store, prefix, on_invalid=on_invalid)
+    return _pending(source_store, dest_store, refs, config_hash, model_version, workers)
+
+
+def _pending(
+    source_store: ObjectStore,
+    dest_store: ObjectStore,
+    refs: Iterator[FrameRef],
+    config_hash: str,
+    model_version: str,
+    workers: int,
+) -> Iterator[FrameRef]:
+    args = (source_store, dest_store)
+    if workers <= 1:
+        for ref in refs:
+            todo = _check_one(*args, ref, config_hash, model_version)
+            if todo is not None:
+                yield todo
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
+    window: deque[Future[FrameRef | None]] = deque()
+    try:
+        for ref in refs:
+            window.append(pool.submit(_check_one, *args, ref, config_hash, model_version))
+            if len(window) >= 4 * workers:
+                todo = window.popleft().result()
+                if todo is not None:
+                    yield todo
+        while window:
+            todo = window.popleft().result()
+            if todo is not None:
+                yield todo
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def record_done(
+    dest_store: ObjectStore,
+    ref: FrameRef,
+    *,
+    config_hash: str,
+    model_version: str,
+    outputs: Sequence[str] | None = None,
+    run_id: str | None = None,
+    source_uri: str = "",
+    verify: bool = True,
+) -> LedgerEntry:
+    """Write ``ledger/<id>.json`` for a finished frame; call it after writing the outputs.
+
+    ``ref.etag`` must be set (use the refs :func:`pending` yields). ``outputs`` defaults to
+    the three standard outputs; with ``verify`` each must exist, else :class:`LedgerError`.
+    """
+    if ref.etag is None:
+        raise ValueError(
+            f"FrameRef {ref.key!r} has no etag: use the refs from pending(), or "
+            "dataclasses.replace(ref, etag=source.head(ref.key).etag) before processing"
+        )
+    names = tuple(outputs) if outputs is not None else output_keys(ref.id)
+    if verify:
+        missing = [k for k in names if not dest_store.exists(k)]
+        if missing:
+            raise LedgerError(
+                f"not recording {ref.id!r} as done: outputs missing in {dest_store.uri}: {missing}"
+            )
+    entry = LedgerEntry(
+        frame_id=ref.id,
+        source_key=ref.key,
+        source_etag=ref.etag,
+        config_hash=config_hash,
+        model_version=model_version,
+        outputs=names,
+        run_id=run_id,
+        completed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        source_uri=source_uri,
+    )
+    dest_store.put(
+        ledger_key(ref.id),
+        entry.to_json(),
+        metadata=output_metadata(ref, config_hash, model_version, run_id),
+    )
+    return entry
+
+
+__all__ = [
+    "LEDGER_SCHEMA",
+    "LedgerEntry",
+    "canonical_json",
+    "config_hash",
+    "output_metadata",
+    "pending",
+    "read_ledger",
+    "record_done",
+]
+

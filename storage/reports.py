@@ -1,0 +1,152 @@
+"""Per-run report files in the destination store (DESIGN.md §5) and their readers.
+
+``reports/<run-id>/frames.parquet`` and ``frames.csv`` hold one row per frame; ``summary.json``
+one object per run. Run ids (``20261124T120000Z-1a2b3c``) sort by start time, so listing
+``reports/`` in key order is listing runs in time order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage.base import ObjectStore
+from storage.errors import InvalidKeyError, ObjectNotFoundError
+from storage.keys import REPORTS_PREFIX, report_key, validate_run_id
+
+log = logging.getLogger(__name__)
+
+FRAMES_PARQUET = "frames.parquet"
+FRAMES_CSV = "frames.csv"
+SUMMARY_JSON = "summary.json"
+_RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYMMDDTHHMMSSZ-xxxxxx``: UTC start time, then 6 random hex digits."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment.strftime(_RUN_TIME_FORMAT)}-{secrets.token_hex(3)}"
+
+
+def run_started_at(run_id: str) -> datetime:
+    """The UTC start time encoded in a run id."""
+    stamp = validate_run_id(run_id).split("-")[0]
+    return datetime.strptime(stamp, _RUN_TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def _frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> pd.DataFrame:
+    if columns is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            seen.update(dict.fromkeys(row))
+        columns = list(seen)
+    return pd.DataFrame([dict(r) for r in rows], columns=list(columns))
+
+
+def write_frames_report(
+    dest_store: ObjectStore,
+    run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    columns: Sequence[str] | None = None,
+) -> tuple[str, str]:
+    """Write ``frames.parquet`` and ``frames.csv`` for a run; return their keys.
+
+    Columns are the union of the rows' keys in first-seen order (or ``columns``, which also
+    gives an empty run its header). Missing values are null in Parquet and empty in CSV.
+    A column mixing incompatible types (e.g. numbers and text) is a ``ValueError``.
+    """
+    frame = _frame(rows, columns)
+    parquet = io.BytesIO()
+    try:
+        frame.to_parquet(parquet, engine="pyarrow", index=False)
+    except (TypeError, ValueError) as exc:  # pyarrow.ArrowException subclasses these
+        raise ValueError(f"frames report for run {run_id}: {exc}") from exc
+    csv = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    parquet_key = report_key(run_id, FRAMES_PARQUET)
+    csv_key = report_key(run_id, FRAMES_CSV)
+    dest_store.put(parquet_key, parquet.getvalue())
+    dest_store.put(csv_key, csv)
+    return parquet_key, csv_key
+
+
+def load_frames_report(dest_store: ObjectStore, run_id: str) -> pd.DataFrame:
+    """The ``frames.parquet`` of a run as a DataFrame."""
+    data = dest_store.get(report_key(run_id, FRAMES_PARQUET))
+    return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> null, numpy scalars/arrays -> Python, tuples -> lists."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return obj
+
+
+def write_summary(dest_store: ObjectStore, run_id: str, summary: Mapping[str, Any]) -> str:
+    """Write ``reports/<run-id>/summary.json`` (``run_id`` added; NaN/inf become null)."""
+    validate_run_id(run_id)
+    body = _json_safe(dict(summary))
+    if body.setdefault("run_id", run_id) != run_id:
+        raise ValueError(f"summary says run_id {body['run_id']!r}, writing it for {run_id!r}")
+    key = report_key(run_id, SUMMARY_JSON)
+    data = json.dumps(body, indent=2, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    dest_store.put(key, data)
+    return key
+
+
+def list_runs(dest_store: ObjectStore) -> list[str]:
+    """Run ids that have a folder under ``reports/``, oldest first (one delimiter listing)."""
+    runs = []
+    for folder in dest_store.list_dirs(REPORTS_PREFIX):
+        name = folder[len(REPORTS_PREFIX) : -1]
+        try:
+            runs.append(validate_run_id(name))
+        except InvalidKeyError:
+            continue  # e.g. a thumbnails folder of the dashboard
+    return runs
+
+
+def load_summaries(dest_store: ObjectStore, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """All runs' summaries, newest first (``limit``: only the newest N).
+
+    Runs without a summary (still running, or crashed) and unreadable summaries are skipped
+    with a logged warning, so one bad run never hides the others.
+    """
+    out: list[dict[str, Any]] = []
+    for run_id in reversed(list_runs(dest_store)):
+        if limit is not None and len(out) >= limit:
+            break
+        key = report_key(run_id, SUMMARY_JSON)
+        try:
+            summary = json.loads(dest_store.get(key))
+        except ObjectNotFoundError:
+            continue
+        except ValueError as exc:
+            log.warning("skipping unreadable %s in %s: %s", key, dest_store.uri, exc)
+            continue
+        if not isinstance(summary, dict):
+            log.warning("skipping %s in %s: not a JSON object", key, dest_store.uri)
+            continue
+        summary.setdefault("run_id", run_id)
+        out.append(summary)
+    return out
