@@ -43,7 +43,7 @@ MAX_RESTARTS = 3  # per actor, then the pool replaces it
 MAX_ATTEMPTS = 3  # per batch, before it is split into single frames
 LOCAL_MIN_CPUS = 2
 # Passed to actors of a cluster this process started, so workers reach the same object stores.
-_FORWARDED_ENV = ("AWS_", "BOTO_", "RAY_AUTH")
+_FORWARDED_ENV = ("AWS_", "BOTO_")
 
 REPORT_COLUMNS = (
     "key", "id", "status", "reason", "detail", "psnr", "ssim", "kernel_mse", "kernel_ncc", "residual",

@@ -199,8 +199,10 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     counts = [int(a) for a in args.actors.split(",") if a.strip()]
     if not counts or min(counts) < 1:
         raise SystemExit("--actors needs positive integers, e.g. 1,2")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"bench-pipeline: {args.frames} frames {args.size}x{args.size}, working size {args.working_size}, "
-          f"{args.steps} steps, batch {args.batch_size}, {os.cpu_count()} CPUs", flush=True)
+          f"{args.steps} steps, batch {args.batch_size}, {os.cpu_count()} CPUs (load average {load})",
+          flush=True)
     results = bench_pipeline(args.frames, args.size, args.working_size, args.steps, args.batch_size, counts,
                              args.config)
     print("| actors | frames | working size | steps | start-up s | restore s | frames/s |")

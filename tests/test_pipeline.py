@@ -21,6 +21,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.actors import ensure_ray
 from flows.config import load_config
 from flows.pipeline import restore_frames, run_pipeline
+from flows.pipeline_cli import main
 from storage.errors import FrameError
 from storage.images import decode_frame
 from storage.keys import kernel_npy_key, kernel_png_key, ledger_key, restored_key
@@ -28,6 +29,8 @@ from storage.ledger import read_ledger
 from storage.reports import load_frames_report
 from storage.sidecars import load_kernel
 from storage.stores import open_store
+
+pytestmark = pytest.mark.slow  # the module takes over a minute (Prefect server + Ray start-up)
 
 FRAMES = ["cam1/f0", "cam1/f1", "cam2/f2"]
 CONTENT_REASONS = {cls.reason for cls in FrameError.__subclasses__()}
@@ -43,12 +46,22 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """One in-process Ray instance for the module (each run still starts and stops its actors)."""
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One in-process Ray instance for the module (each run still starts and stops its actors).
+
+    A stale ``ray_current_cluster`` file (a crashed session's) sits in Ray's default temp folder:
+    a plain ``ray.init()`` would try to join that dead cluster; ``ensure_ray`` must not.
+    """
     ray.cloudpickle.register_pickle_by_value(pipeline_frames)  # workers cannot import tests/
-    with ensure_ray(load_config("smoke").cluster) as local:
-        assert local
-        yield
+    ray_tmp = tmp_path_factory.mktemp("raytmp")
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", str(ray_tmp))
+        mp.delenv("RAY_ADDRESS", raising=False)
+        with ensure_ray(load_config("smoke").cluster) as local:
+            assert local and ray.is_initialized()
+            yield
 
 
 def _stores(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, str]:
@@ -160,3 +173,17 @@ def test_actor_killed_mid_batch_every_frame_restored_once(prefect_api: None, loc
     assert (rows["status"] == "restored").all()
     for n in names:
         assert dest.exists(ledger_key(n)) and read_ledger(dest, n).run_id == summary["run_id"]
+
+
+@pytest.mark.timeout(120)
+def test_run_command_prints_run_id_and_report(prefect_api: None, local_ray: None, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "inbox", tmp_path / "out"
+    write_frames(open_store(src), ["a", "b", "c"], truth=False)
+    assert main(["run", "--source", str(src), "--dest", str(dst), "--config", "smoke", "--limit", "2"]) == 0
+    out = dict(line.split(":", 1) for line in capsys.readouterr().out.strip().splitlines())
+    run_id, report = out["run id"].strip(), out["report"].strip()
+    assert out["frames"].strip() == "2 restored, 0 skipped, 0 quarantined, 1 left for a later run (--limit)"
+    assert report == f"{open_store(dst).uri}/reports/{run_id}/index.html"
+    assert Path(report.removeprefix("file://")).is_file()
+    assert len(load_frames_report(open_store(dst), run_id)) == 2
