@@ -40,6 +40,7 @@ from storage.sidecars import FrameRef
 log = logging.getLogger("checkout_restore.actors")
 
 MAX_RESTARTS = 3  # per actor, then the pool replaces it
+MAX_REPLACEMENTS_PER_ACTOR = 3  # then the run fails: actors that cannot stay up are not a frame's fault
 MAX_ATTEMPTS = 3  # per batch, before it is split into single frames
 LOCAL_MIN_CPUS = 2
 # Passed to actors of a cluster this process started, so workers reach the same object stores.
@@ -372,23 +373,27 @@ def fan_out(
     max_in_flight: int,
     on_batch: Callable[[BatchDone], None] | None = None,
     logger: logging.Logger | logging.LoggerAdapter = log,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> tuple[list[dict], int]:
-    """Run every batch on the pool with at most ``max_in_flight`` outstanding (``ray.wait``).
+    """Run every batch on the pool; returns (rows in completion order, batches resubmitted).
 
-    Returns (rows in completion order, number of resubmitted batches). A batch whose actor dies
-    is resubmitted (to the same, restarting actor, or to its replacement); after
-    :data:`MAX_ATTEMPTS` failures a multi-frame batch is split into single frames, and a single
-    frame that still kills its actor is quarantined as ``worker_crashed``. ``logger`` is the
-    driver-side logger (the flow passes Prefect's run logger).
+    Each actor holds at most one batch and at most ``max_in_flight`` are outstanding (``ray.wait``),
+    so when an actor dies the batch it was running is known exactly (a batch queued behind it
+    would fail too, innocently). That batch is resubmitted once the actor is back: a probe call
+    with task retries waits for Ray to restart it, and an actor out of restarts is replaced. After
+    ``max_attempts`` failures a multi-frame batch is split into single frames (one more attempt
+    each), and a single frame that still kills its actor is quarantined as ``worker_crashed``.
+    ``logger`` is the driver-side logger (the flow passes Prefect's run logger).
     """
     ray = pool._ray
     queue: list[tuple[list[FrameRef], int]] = [(list(b), 0) for b in reversed(batches) if b]
     frames_total = sum(len(b) for b, _ in queue)
     batches_total = len(queue)
-    inflight: dict[Any, tuple[list[FrameRef], int, int]] = {}  # ref -> (batch, attempts, actor index)
-    load = [0] * len(pool.actors)
+    idle = list(range(len(pool.actors)))  # actors ready for a batch
+    batch_refs: dict[Any, tuple[list[FrameRef], int, int]] = {}  # ref -> (batch, attempts, actor index)
+    probe_refs: dict[Any, int] = {}  # ref of a ready() probe -> actor index
     rows: list[dict] = []
-    resubmitted = batches_done = 0
+    resubmitted = batches_done = replacements = 0
     start = time.monotonic()
 
     def finished(got: list[dict]) -> None:
@@ -400,31 +405,48 @@ def fan_out(
                                batches_done=batches_done, batches_total=batches_total,
                                resubmitted=resubmitted, elapsed_s=time.monotonic() - start))
 
-    while queue or inflight:
-        while queue and len(inflight) < max_in_flight:
+    def recover(idx: int, dead: bool) -> None:
+        nonlocal replacements
+        if dead:  # out of restarts (or never started): a fresh actor takes its place
+            replacements += 1
+            if replacements > MAX_REPLACEMENTS_PER_ACTOR * len(pool.actors):
+                raise PipelineError(f"restore actors keep dying ({replacements} replaced); giving up")
+            pool.replace(idx)
+        # Task retries make the probe wait until Ray has restarted the actor.
+        probe_refs[pool.actors[idx].ready.options(max_task_retries=-1).remote()] = idx
+
+    while queue or batch_refs:
+        while queue and idle and len(batch_refs) < max_in_flight:
             batch, attempts = queue.pop()
-            idx = min(range(len(load)), key=load.__getitem__)
-            inflight[pool.actors[idx].restore.remote(batch)] = (batch, attempts, idx)
-            load[idx] += 1
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        batch, attempts, idx = inflight.pop(ready[0])
-        load[idx] -= 1
+            idx = idle.pop(0)
+            batch_refs[pool.actors[idx].restore.remote(batch)] = (batch, attempts, idx)
+        [ref], _ = ray.wait([*batch_refs, *probe_refs], num_returns=1)
+        if ref in probe_refs:
+            idx = probe_refs.pop(ref)
+            try:
+                ray.get(ref)
+                idle.append(idx)
+            except ray.exceptions.RayActorError:
+                recover(idx, dead=True)
+            continue
+        batch, attempts, idx = batch_refs.pop(ref)
         try:
-            got = ray.get(ready[0])
+            got = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
             attempts += 1
-            resubmitted += 1
-            logger.warning("actor %d died on a batch of %d frames (attempt %d), resubmitting: %s",
+            logger.warning("actor %d died on a batch of %d frames (attempt %d): %s",
                            idx, len(batch), attempts, exc)
-            if isinstance(exc, ray.exceptions.ActorDiedError):
-                pool.replace(idx)  # out of restarts: a fresh actor takes its place
-            if attempts < MAX_ATTEMPTS:
+            recover(idx, dead=isinstance(exc, ray.exceptions.ActorDiedError))
+            if attempts < max_attempts:
+                resubmitted += 1
                 queue.append((batch, attempts))
             elif len(batch) > 1:
+                resubmitted += len(batch)
                 batches_total += len(batch) - 1
-                queue.extend(([ref], MAX_ATTEMPTS - 1) for ref in batch)
+                queue.extend(([one], max_attempts - 1) for one in reversed(batch))
             else:
                 finished(quarantine_rows(batch, "worker_crashed", f"the actor died {attempts} times: {exc}"))
             continue
+        idle.append(idx)
         finished(got)
     return rows, resubmitted

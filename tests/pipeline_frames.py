@@ -87,3 +87,17 @@ class CrashOnce:
         os.write(fd, key.encode())
         os.close(fd)
         os._exit(1)
+
+
+class CrashOn:
+    """Test fault hook: kills the worker every time it finishes writing frame ``key`` (a frame
+    that always brings its actor down)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, key: str) -> None:
+        import os
+
+        if key == self.key:
+            os._exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,13 @@ import pipeline_frames
 import pytest
 import ray
 import yaml
-from pipeline_frames import SIZE, CrashOnce, truncated_png, write_frames
+from pipeline_frames import SIZE, CrashOn, CrashOnce, truncated_png, write_frames
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.actors import ensure_ray
+from flows.actors import ActorPool, RunContext, ensure_ray, fan_out
 from flows.config import load_config
 from flows.pipeline import restore_frames, run_pipeline
 from flows.pipeline_cli import main
@@ -26,8 +27,8 @@ from storage.errors import FrameError
 from storage.images import decode_frame
 from storage.keys import kernel_npy_key, kernel_png_key, ledger_key, restored_key
 from storage.ledger import read_ledger
-from storage.reports import load_frames_report
-from storage.sidecars import load_kernel
+from storage.reports import load_frames_report, new_run_id
+from storage.sidecars import discover, load_kernel
 from storage.stores import open_store
 
 pytestmark = pytest.mark.slow  # the module takes over a minute (Prefect server + Ray start-up)
@@ -187,3 +188,26 @@ def test_run_command_prints_run_id_and_report(prefect_api: None, local_ray: None
     assert report == f"{open_store(dst).uri}/reports/{run_id}/index.html"
     assert Path(report.removeprefix("file://")).is_file()
     assert len(load_frames_report(open_store(dst), run_id)) == 2
+
+
+@pytest.mark.timeout(150)
+def test_a_frame_that_always_kills_its_actor_is_isolated_and_quarantined(local_ray: None,
+                                                                          tmp_path: Path) -> None:
+    src, dst = open_store(tmp_path / "inbox"), open_store(tmp_path / "out")
+    names = [f"f{i}" for i in range(4)]
+    write_frames(src, names, truth=False)
+    refs = [replace(r, etag=src.head(r.key).etag) for r in discover(src)]
+    cfg = load_config("smoke")
+    ctx = RunContext(run_id=new_run_id(), source_uri=src.uri, dest_uri=dst.uri, config_hash=cfg.config_hash())
+    pool = ActorPool(cfg.cluster, cfg.restoration, ctx, local=True, fault_hook=CrashOn("f2.png"))
+    try:
+        pool.ready()
+        rows, resubmitted = fan_out(pool, [refs], max_in_flight=2, max_attempts=1)
+    finally:
+        pool.close()
+    by_key = {r["key"]: r for r in rows}
+    assert len(rows) == len(by_key) == 4
+    assert by_key["f2.png"]["status"] == "quarantined" and by_key["f2.png"]["reason"] == "worker_crashed"
+    assert all(by_key[f"{n}.png"]["status"] == "restored" for n in names if n != "f2")
+    assert resubmitted == 4  # the batch of 4 was split into single frames after its first crash
+    assert read_ledger(dst, "f2") is None and read_ledger(dst, "f1") is not None
