@@ -328,12 +328,15 @@ def run_pipeline(
                 sum(r["status"] == "skipped" for r in plan.rows),
                 sum(r["status"] == "quarantined" for r in plan.rows), plan.deferred)
 
-    rows, resubmitted, restore_s = list(plan.rows), 0, 0.0
+    rows, resubmitted, restore_s, actors = list(plan.rows), 0, 0.0, 0
     if plan.pending:
+        # No more actors than batches: a run for one upload should not load the priors twice.
+        actors = min(cfg.cluster.actors, math.ceil(len(plan.pending) / cfg.restoration.batch_size))
+        cluster = cfg.cluster.model_copy(update={"actors": actors})
         ctx = RunContext(run_id=run_id, source_uri=source_store.uri, dest_uri=dest_store.uri,
                          config_hash=config_hash)
-        with ensure_ray(cfg.cluster) as local:
-            pool = ActorPool(cfg.cluster, cfg.restoration, ctx, local=local, fault_hook=fault_hook,
+        with ensure_ray(cluster) as local:
+            pool = ActorPool(cluster, cfg.restoration, ctx, local=local, fault_hook=fault_hook,
                              restorer_factory=restorer_factory)
             try:
                 versions = {r["model_version"] for r in pool.ready()}
@@ -341,7 +344,7 @@ def run_pipeline(
                     raise PipelineError(f"actors run models {sorted(versions)}, expected {model_version}")
                 t0 = datetime.now(UTC)
                 got, resubmitted = restore_batches(quote(pool), quote(plan.pending),
-                                                   cfg.restoration.batch_size, cfg.cluster.max_in_flight,
+                                                   cfg.restoration.batch_size, cluster.max_in_flight,
                                                    progress_id)
                 restore_s = (datetime.now(UTC) - t0).total_seconds()
             finally:
@@ -356,7 +359,7 @@ def run_pipeline(
         rows, run_id=run_id, flow_run_id=str(flow_run.id) if flow_run.id else None,
         started_at=started.isoformat(), finished_at=datetime.now(UTC).isoformat(),
         source=source_store.uri, dest=dest_store.uri, config_name=cfg.name, config_hash=config_hash,
-        model_version=model_version, limit=limit, deferred=plan.deferred, actors=cfg.cluster.actors,
+        model_version=model_version, limit=limit, deferred=plan.deferred, actors=actors,
         resubmitted_batches=resubmitted, frames_per_s=restored / restore_s if restore_s > 0 else None,
         report_key=report_key, report_uri=f"{dest_store.uri.rstrip('/')}/{report_key}",
     )

@@ -33,7 +33,7 @@ from storage.stores import open_store
 
 pytestmark = pytest.mark.slow  # the module takes over a minute (Prefect server + Ray start-up)
 
-FRAMES = ["cam1/f0", "cam1/f1", "cam2/f2"]
+FRAMES = ["cam1/f0", "cam1/f1", "cam2/f2", "cam2/f3", "cam3/f4"]  # + a bad one: 2 batches of 4, 2 actors
 CONTENT_REASONS = {cls.reason for cls in FrameError.__subclasses__()}
 
 
@@ -92,9 +92,11 @@ def test_restore_rerun_and_config_change(backend: str, prefect_api: None, local_
 
     # First run: three frames restored, the truncated one quarantined with its reason.
     first = restore_frames(src, dst, "smoke")
-    assert first["counts"] == {"restored": 3, "skipped": 0, "quarantined": 1, "total": 4}
+    n = len(FRAMES)
+    assert first["counts"] == {"restored": n, "skipped": 0, "quarantined": 1, "total": n + 1}
+    assert first["actors"] == 2
     rows = load_frames_report(dest, first["run_id"]).set_index("key")
-    assert sorted(rows.index) == ["cam1/f0.png", "cam1/f1.png", "cam2/bad.png", "cam2/f2.png"]
+    assert sorted(rows.index) == sorted([f"{f}.png" for f in FRAMES] + ["cam2/bad.png"])
     bad = rows.loc["cam2/bad.png"]
     assert bad["status"] == "quarantined" and bad["reason"] in CONTENT_REASONS and bad["detail"]
     good = rows.drop(index="cam2/bad.png")
@@ -102,7 +104,7 @@ def test_restore_rerun_and_config_change(backend: str, prefect_api: None, local_
     for col in ("psnr", "ssim", "kernel_mse", "kernel_ncc", "residual", "seconds"):
         assert np.isfinite(good[col].to_numpy(float)).all(), col  # every good frame has truth sidecars
     assert np.isnan(float(bad["psnr"]))
-    for fid in ("cam1/f0", "cam1/f1", "cam2/f2"):
+    for fid in FRAMES:
         assert decode_frame(dest.get(restored_key(fid))).shape == (*SIZE, 3)
         assert abs(float(load_kernel(dest.get(kernel_npy_key(fid))).sum()) - 1) < 1e-5
         assert dest.exists(kernel_png_key(fid))
@@ -114,18 +116,19 @@ def test_restore_rerun_and_config_change(backend: str, prefect_api: None, local_
 
     # Rerun: nothing restored, every frame skipped (the bad one because its bytes did not change).
     second = restore_frames(src, dst, "smoke")
-    assert second["counts"] == {"restored": 0, "skipped": 4, "quarantined": 0, "total": 4}
+    assert second["counts"] == {"restored": 0, "skipped": n + 1, "quarantined": 0, "total": n + 1}
+    assert second["actors"] == 0  # nothing pending: Ray was not needed
     rows2 = load_frames_report(dest, second["run_id"]).set_index("key")
     assert rows2.loc["cam2/bad.png", "reason"] == f"quarantined_before:{bad['reason']}"
     assert (rows2.drop(index="cam2/bad.png")["reason"] == "up_to_date").all()
-    assert all(read_ledger(dest, fid).run_id == first["run_id"] for fid in ("cam1/f0", "cam1/f1", "cam2/f2"))
+    assert all(read_ledger(dest, fid).run_id == first["run_id"] for fid in FRAMES)
 
     # A changed config (fewer steps) redoes everything, the bad frame included.
     changed = _changed_config(tmp_path)
     third = restore_frames(src, dst, str(changed))
-    assert third["counts"] == {"restored": 3, "skipped": 0, "quarantined": 1, "total": 4}
+    assert third["counts"] == {"restored": n, "skipped": 0, "quarantined": 1, "total": n + 1}
     assert third["config_hash"] == load_config(str(changed)).config_hash() != first["config_hash"]
-    for fid in ("cam1/f0", "cam1/f1", "cam2/f2"):
+    for fid in FRAMES:
         entry = read_ledger(dest, fid)
         assert (entry.run_id, entry.config_hash) == (third["run_id"], third["config_hash"])
 
@@ -142,7 +145,7 @@ def _check_artifacts(summary: dict) -> None:
         table = latest("restore-frames-frames")
         assert table.type == "table"
         data = json.loads(table.data) if isinstance(table.data, str) else table.data
-        assert {r["key"] for r in data} == {"cam1/f0.png", "cam1/f1.png", "cam2/f2.png", "cam2/bad.png"}
+        assert {r["key"] for r in data} == {f"{f}.png" for f in FRAMES} | {"cam2/bad.png"}
         markdown = latest("restore-frames-summary")
         assert markdown.type == "markdown" and summary["run_id"] in markdown.data
         link = latest("restore-frames-report")
