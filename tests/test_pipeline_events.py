@@ -31,6 +31,8 @@ from storage.ledger import LedgerEntry
 from storage.sidecars import FrameRef
 from storage.stores import open_store
 
+pytestmark = pytest.mark.timeout(60)
+
 
 class Recorder:
     """An emitter that keeps what it was given (the tests' stand-in for the Prefect server)."""
