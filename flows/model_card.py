@@ -10,6 +10,7 @@ run in progress):
                    generator's kernels: mass concentration and extent; sample grid PNG
     image-samples  image prior: grid of unconditional samples (whatever they look like)
     loss-plot      loss-curve PNGs from runs/<prior>/loss.csv
+    cards          network and training tables from the checkpoints' JSON metadata
     all            all of the above; tables are written into docs/models.md between
                    `<!-- name:start -->` / `<!-- name:end -->` markers
 """
@@ -298,8 +299,48 @@ def _dump(args: argparse.Namespace, name: str, obj: object) -> None:
         (args.json_dir / f"{name}.json").write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def training_markdown(priors: Sequence[tuple[Prior, int]]) -> tuple[str, str]:
+    """(network table, training table) from the checkpoints' JSON metadata and file sizes."""
+    nets = ["| prior | U-Net (base, mults, res blocks) | preconditioning | parameters | "
+            "checkpoint size |", "|---|---|---|---|---|"]
+    runs = ["| prior | steps | batch | wall time | s/step | final loss (last 100 steps) | "
+            "git commit | command |", "|---|---|---|---|---|---|---|---|"]
+    for prior, size in priors:
+        m, n, tr = prior.meta, prior.meta["net"], prior.meta["train"]
+        nets.append(
+            f"| {m['name']} | {n['base']}, {tuple(n['mults'])}, {n['num_res_blocks']} | "
+            f"{n.get('preconditioning', 'none')} (σ_data {n.get('sigma_data', 0.5)}, "
+            f"μ_data {n.get('mu_data', 0.0)}) | {m['params']:,} | {size / 2**20:.1f} MiB |"
+        )
+        runs.append(
+            f"| {m['name']} | {m['steps']} | {tr['batch_size']} | "
+            f"{m['wall_time_s'] / 60:.0f} min | {m['wall_time_s'] / max(m['steps'], 1):.2f} | "
+            f"{m['final_loss']:.4f} | `{m['git_commit'][:10]}` | `{m['command']}` |"
+        )
+    return "\n".join(nets), "\n".join(runs)
+
+
+def cmd_cards(args: argparse.Namespace) -> tuple[str, str]:
+    from restoration.priors import shipped_bytes
+
+    items = []
+    for name in ("image", "kernel"):
+        prior = get_prior(name, args.prior_dir)
+        size = (len(shipped_bytes(name)[0]) if args.prior_dir is None
+                else (args.prior_dir / f"{name}.safetensors").stat().st_size)
+        items.append((prior, size))
+    nets, runs = training_markdown(items)
+    print(nets, runs, sep="\n\n")
+    return nets, runs
+
+
 def cmd_all(args: argparse.Namespace) -> str:
     doc = args.docs / "models.md"
+    nets, runs = cmd_cards(args)
+    replace_block(doc, "nets", nets)
+    replace_block(doc, "training", runs + "\n\nTraining ran on a shared 2-core CPU (single "
+                  "thread per run, two runs side by side, other jobs on the machine), so s/step "
+                  "is a contended figure.")
     replace_block(doc, "denoise", cmd_denoise(args))
     replace_block(doc, "kernel-stats", cmd_kernel_stats(args))
     replace_block(doc, "image-samples", cmd_image_samples(args))
@@ -311,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.model_card", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command",
-                        choices=["denoise", "kernel-stats", "image-samples", "loss-plot", "all"])
+                        choices=["denoise", "kernel-stats", "image-samples", "loss-plot", "cards",
+                                 "all"])
     parser.add_argument("--prior-dir", type=Path, default=None,
                         help="directory with <prior>.safetensors/.json (default: shipped)")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
@@ -327,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     {"denoise": cmd_denoise, "kernel-stats": cmd_kernel_stats, "image-samples": cmd_image_samples,
-     "loss-plot": cmd_loss_plot, "all": cmd_all}[args.command](args)
+     "loss-plot": cmd_loss_plot, "cards": cmd_cards, "all": cmd_all}[args.command](args)
     return 0
 
 

@@ -188,6 +188,9 @@ class ScoreUNet(nn.Module):
         return out[..., :height, :width]
 
 
+PRECONDITIONINGS = ("none", "x0")
+
+
 class CLDEpsNet(nn.Module):
     """eps_v model = analytic Gaussian eps_v ("mixed score", CLD paper Sec. 3.3) + U-Net.
 
@@ -195,6 +198,18 @@ class CLDEpsNet(nn.Module):
     with covariance Sigma'_t = sigma_data^2 D_t e1 e1^T D_t^T + Sigma_t, so the velocity score is
     -(Sigma'_t^{-1} (u_t - D_t (mu_data, 0)))_v and eps_v = -L22 * score. The U-Net adds the
     non-Gaussian residual. Constructed from numbers only (the CLD parameters).
+
+    preconditioning:
+      "none": eps_v = eps_gauss(u) + U(x_t, v_t, t).
+      "x0": the U-Net is a well-scaled x0 denoiser (EDM-style preconditioning, derived for CLD).
+        Given x0, eps = L^-1 (u - D_t (x0, 0)), so E[eps_v | u] depends on the data only through
+        E[x0 | u]; and u carries x0 only through the sufficient statistic
+        x~ = a_t . u = x0 + sigma_eff(t) n (a_t = Sigma_t^-1 d / d^T Sigma_t^-1 d, d = D_t e1).
+        The U-Net sees [x~ / sqrt(sigma_data^2 + sigma_eff^2), z] (z: the x0-free, unit-variance
+        complement of x~; an invertible, t-dependent whitening of (x_t, v_t)) and predicts F with
+        x0_hat = m_gauss(x~) + sigma_post(t) F (m_gauss, sigma_post: Gaussian posterior mean/std).
+        Since x0_hat is linear in the score with slope 1/d_t (CVSA Prop. 4.2),
+        eps_v = eps_gauss(u) - L22 d_t sigma_post F (k_t = L22 d_t sigma_post is O(1) for all t).
     """
 
     def __init__(
@@ -207,14 +222,20 @@ class CLDEpsNet(nn.Module):
         t_min: float = 1e-3,
         sigma_data: float = 0.5,
         mu_data: float = 0.0,
+        preconditioning: str = "none",
     ):
         super().__init__()
         if sigma_data <= 0:
             raise ScoreNetError(f"sigma_data must be > 0, got {sigma_data}")
+        if preconditioning not in PRECONDITIONINGS:
+            raise ScoreNetError(
+                f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}"
+            )
         self.unet = unet
         self.cld = CLD(beta=beta, mass=mass, friction=friction, gamma=gamma, t_min=t_min)
         self.sigma_data = float(sigma_data)
         self.mu_data = float(mu_data)
+        self.preconditioning = preconditioning
 
     @property
     def channels(self) -> int:
@@ -238,9 +259,44 @@ class CLDEpsNet(nn.Module):
         mv = (self.mu_data * d1[:, 1]).float()[:, None, None, None]
         return cx * (x.float() - mx) + cv * (v.float() - mv)
 
+    def x0_coefficients(self, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-time float64 coefficients of the "x0" preconditioning, each (B,)."""
+        t64 = t.double()
+        sig = self.cld.covariance(t64)
+        d1 = self.cld.mean_matrix(t64)[:, :, 0]
+        w = torch.linalg.solve(sig, d1[:, :, None])[:, :, 0]  # Sigma^-1 d
+        s2 = 1.0 / (d1 * w).sum(dim=1)  # sigma_eff^2
+        a = w * s2[:, None]  # x~ = a . u
+        perp = torch.stack([d1[:, 1], -d1[:, 0]], dim=1)  # perp . d = 0: x0-free
+        z_std = torch.sqrt(torch.einsum("bi,bij,bj->b", perp, sig, perp))
+        sd2 = self.sigma_data**2
+        _, _, d_t = self.cld.x0_hat_coefficients(t64)
+        l22 = self.cld.cholesky(t64)[:, 1, 1]
+        post = torch.sqrt(sd2 * s2 / (sd2 + s2))
+        return {
+            "ax": a[:, 0], "av": a[:, 1],
+            "zx": perp[:, 0] / z_std, "zv": perp[:, 1] / z_std,
+            "c_in": 1.0 / torch.sqrt(sd2 + s2),
+            "k": l22 * d_t * post,
+            "sigma_eff": torch.sqrt(s2),
+            "sigma_post": post,
+        }
+
+    def x0_loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """k_t^2 = (L22 d_t sigma_post)^2: eps_v-loss weight of a unit x0-space error (B,)."""
+        return self.x0_coefficients(t)["k"] ** 2
+
     def forward(self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predict eps_v (float32) for (x_t, v_t) at times t (B,)."""
-        return self.gaussian_eps(x, v, t) + self.unet(x, v, t).float()
+        base = self.gaussian_eps(x, v, t)
+        if self.preconditioning == "none":
+            return base + self.unet(x, v, t).float()
+        c = {k: val.float()[:, None, None, None] for k, val in self.x0_coefficients(t).items()}
+        xf, vf = x.float(), v.float()
+        x_tilde = c["ax"] * xf + c["av"] * vf
+        z = c["zx"] * xf + c["zv"] * vf
+        f = self.unet(c["c_in"] * (x_tilde - self.mu_data), z, t).float()
+        return base - c["k"] * f
 
 
 def build_eps_net(net_cfg: dict, cld_cfg: dict, init_seed: int | None = None) -> CLDEpsNet:
@@ -275,6 +331,7 @@ def _build(net_cfg: dict, cld_cfg: dict) -> CLDEpsNet:
         t_min=float(cld_cfg["t_min"]),
         sigma_data=float(net_cfg.get("sigma_data", 0.5)),
         mu_data=float(net_cfg.get("mu_data", 0.0)),
+        preconditioning=str(net_cfg.get("preconditioning", "none")),
     )
 
 

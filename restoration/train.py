@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 
 from restoration.cld import CLD
 
+LOSS_WEIGHTINGS = ("eps", "x0")
+
 
 class TrainError(ValueError):
     """Raised for invalid training configurations, data or states."""
@@ -46,8 +48,16 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
+    loss_weighting: str = "eps"
+    weight_floor: float = 0.005
 
     def __post_init__(self) -> None:
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise TrainError(
+                f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
+            )
+        if self.weight_floor <= 0:
+            raise TrainError(f"weight_floor must be > 0, got {self.weight_floor}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise TrainError(f"invalid TrainConfig: {self}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -103,8 +113,17 @@ def hsm_loss(
     x0: torch.Tensor,
     generator: torch.Generator,
     amp: bool = False,
+    weighting: str = "eps",
+    weight_floor: float = 0.005,
 ) -> torch.Tensor:
-    """Per-sample HSM loss with eps_v targets, shape (B,); t ~ U[t_min, 1] from `generator`."""
+    """Per-sample HSM loss lambda(t) ||eps_theta - eps_v||^2 (mean over C, H, W), shape (B,).
+
+    t ~ U[t_min, 1] from `generator`. weighting "eps": lambda = 1 (CLD paper's choice with
+    l_t = L22). "x0": lambda = 1 / (k_t^2 + floor) with k_t^2 = net.x0_loss_weight(t), the
+    eps-loss weight of a unit x0-space error (score_net.CLDEpsNet): x0 errors then weigh
+    k^2 / (k^2 + floor) ~ 1 for t <~ 0.3, 1/2 near t = 0.4, -> 0 as t -> 1, instead of
+    falling like k^2 (0.005 at t = 0.4, 4e-4 at t = 0.6) while small t dominates.
+    """
     if x0.ndim != 4:
         raise TrainError(f"x0 must be (B, C, H, W), got {tuple(x0.shape)}")
     b = x0.shape[0]
@@ -113,7 +132,10 @@ def hsm_loss(
     p = cld.perturb(x0, t, generator)
     with _autocast(x0.device, amp):
         pred = net(p.x, p.v, t.float())
-    return ((pred.float() - p.eps_v) ** 2).mean(dim=(1, 2, 3))
+    loss = ((pred.float() - p.eps_v) ** 2).mean(dim=(1, 2, 3))
+    if weighting == "x0":
+        loss = loss / (net.x0_loss_weight(t).float() + weight_floor)
+    return loss
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -206,7 +228,10 @@ def train(
             x0 = next(batches).to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(state.step, cfg)
-            loss = hsm_loss(model, cld, x0, state.generator, amp=cfg.amp).mean()
+            loss = hsm_loss(
+                model, cld, x0, state.generator, amp=cfg.amp,
+                weighting=cfg.loss_weighting, weight_floor=cfg.weight_floor,
+            ).mean()
             if not math.isfinite(loss.item()):
                 raise TrainError(f"non-finite loss at step {state.step}")
             opt.zero_grad(set_to_none=True)

@@ -109,3 +109,32 @@ def test_bad_inputs_raise() -> None:
         ScoreUNet(channels=3, base=8, mults=(), num_res_blocks=1)
     with pytest.raises(ScoreNetError):
         CLDEpsNet(net, sigma_data=0.0)
+
+
+@pytest.mark.parametrize("t", [0.001, 0.05, 0.4, 0.9])
+def test_x0_preconditioning_is_consistent_with_cld_x0_hat(t: float) -> None:
+    """F = 0 gives the Gaussian eps; F = delta shifts x0_hat by sigma_post * delta exactly."""
+    cld = CLD()
+    unet = ScoreUNet(channels=1, base=8, mults=(1,), num_res_blocks=1)
+    net = CLDEpsNet(unet, sigma_data=0.5, mu_data=0.2, preconditioning="x0")
+    g = torch.Generator().manual_seed(6)
+    x0 = 0.2 + 0.5 * torch.randn(3, 1, 6, 6, generator=g)
+    tt = torch.full((3,), t, dtype=torch.float64)
+    p = cld.perturb(x0, tt, g)
+    eps = net(p.x, p.v, tt.float())
+    base = net.gaussian_eps(p.x, p.v, tt.float())
+    torch.testing.assert_close(eps, base)
+    c = net.x0_coefficients(tt)
+    # x~ = a . u is x0 plus noise of std sigma_eff: check on the perturbed samples.
+    x_tilde = c["ax"][0] * p.x.double() + c["av"][0] * p.v.double()
+    assert float((x_tilde - x0.double()).std()) < 3 * float(c["sigma_eff"][0]) + 1e-6
+
+    def x0_hat(e: torch.Tensor) -> torch.Tensor:
+        return cld.x0_hat(p.x.double(), p.v.double(), cld.score_from_eps(e.double(), tt), tt)
+
+    shifted = base.double() - c["k"][:, None, None, None]
+    shift = x0_hat(shifted) - x0_hat(base.double())
+    torch.testing.assert_close(shift, c["sigma_post"][:, None, None, None].expand_as(shift),
+                               rtol=1e-3, atol=1e-6)
+    with pytest.raises(ScoreNetError):
+        CLDEpsNet(unet, preconditioning="edm")

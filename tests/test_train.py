@@ -209,3 +209,21 @@ def test_state_bytes_roundtrip_weights_only() -> None:
     assert torch.equal(other.generator.get_state(), state.generator.get_state())
     with pytest.raises(TrainError):
         load_training_state(other, b"not a checkpoint")
+
+
+def test_x0_weighting_divides_by_k_squared_plus_floor() -> None:
+    cld = CLD()
+    net = build_eps_net({"channels": 1, "base": 8, "mults": [1], "num_res_blocks": 1,
+                         "preconditioning": "x0"},
+                        {"beta": 4.0, "mass": 0.25, "friction": 1.0, "gamma": 0.04,
+                         "t_min": 1e-3}, init_seed=0)
+    x0 = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    plain = hsm_loss(net, cld, x0, torch.Generator().manual_seed(3))
+    weighted = hsm_loss(net, cld, x0, torch.Generator().manual_seed(3), weighting="x0",
+                        weight_floor=0.01)
+    t = cld.t_min + (1 - cld.t_min) * torch.rand(4, generator=torch.Generator().manual_seed(3),
+                                                 dtype=torch.float64)
+    k2 = net.x0_loss_weight(t).float()
+    torch.testing.assert_close(weighted, plain / (k2 + 0.01))
+    with pytest.raises(TrainError):
+        TrainConfig(loss_weighting="snr")
