@@ -15,6 +15,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("flows.train_cli", "add_train_parser"),
     ("flows.dashboard", "add_dashboard_parser"),
+    ("flows.pipeline_cli", "add_pipeline_parsers"),
 )
 
 
