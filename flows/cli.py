@@ -16,6 +16,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("flows.train_cli", "add_train_parser"),
     ("flows.dashboard", "add_dashboard_parser"),
     ("flows.pipeline_cli", "add_pipeline_parsers"),
+    ("flows.demo", "add_demo_parser"),
+    ("flows.bench", "add_bench_parser"),
 )
 
 

@@ -26,6 +26,7 @@ class RestorationSettings(Frozen):
     image_guidance: float = Field(1.0, ge=0)
     kernel_guidance: float = Field(1.0, ge=0)
     batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
+    bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")
 
 
 class ClusterSettings(Frozen):

@@ -46,6 +46,20 @@ class FrameOutput:
     scale: float  # working-size / input-size factor (1.0 when restored at native size)
 
 
+def autocast_score(
+    prior: Prior, enabled: bool
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The prior's score, optionally under bfloat16 autocast (2-3x faster on CPU), returned in float32."""
+    if not enabled:
+        return prior.score
+
+    def score(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            return prior.score(x, v, t).to(x.dtype)
+
+    return score
+
+
 def _working_shape(h: int, w: int, working_size: int) -> tuple[int, int, float]:
     scale = min(1.0, working_size / max(h, w))
     return max(1, round(h * scale)), max(1, round(w * scale)), scale
@@ -95,9 +109,11 @@ class FrameRestorer:
         ys, ms = [], []
         for f, (h, w, _) in zip(frames, shapes, strict=True):
             img = _resize(f.image, (h, w), Image.Resampling.BOX)
-            mask = np.ones((h, w), bool) if f.mask is None else _resize(
-                f.mask.astype(np.uint8) * 255, (h, w), Image.Resampling.NEAREST
-            ) >= 128
+            mask = (
+                np.ones((h, w), bool)
+                if f.mask is None
+                else _resize(f.mask.astype(np.uint8) * 255, (h, w), Image.Resampling.NEAREST) >= 128
+            )
             y = torch.zeros(3, hmax, wmax)
             m = torch.zeros(1, hmax, wmax)
             y[:, :h, :w] = _to_tensor(img)
@@ -112,7 +128,7 @@ class FrameRestorer:
         # noise std on the [-1, 1] scale, per frame: area downscaling by 1/scale averages it down
         sigma = torch.tensor([2.0 * s.noise_sigma * sc for _, _, sc in shapes], dtype=torch.float64)
         result = restore_blind(
-            y, m, self.image_prior.score, self.kernel_prior.score,
+            y, m, autocast_score(self.image_prior, s.bf16), autocast_score(self.kernel_prior, s.bf16),
             image_cld=self.image_prior.cld, kernel_cld=self.kernel_prior.cld,
             kernel_size=s.kernel_size, steps=s.steps, noise_sigma=sigma,
             generator=[generator_for(f.seed_key, device=self.device) for f in frames],
