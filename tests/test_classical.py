@@ -15,7 +15,7 @@ from restoration.classical import (
     sparse_deconv,
     wiener_deconv,
 )
-from restoration.kernels import gaussian_kernel, sample_kernels
+from restoration.kernels import centre_of_mass, gaussian_kernel, sample_kernels
 from restoration.metrics import kernel_ncc, psnr, psnr_masked
 from restoration.operators import blur
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
@@ -92,6 +92,10 @@ def test_classical_blind_recovers_motion_kernels() -> None:
     assert x_hat.shape == y.shape and k_hat.shape == (3, 1, K, K)
     assert bool((k_hat >= 0).all())
     assert torch.allclose(k_hat.sum(dim=(1, 2, 3)), torch.ones(3), atol=1e-5)
+    # sub-pixel re-centring: the centre of mass sits on the centre pixel, as for the generator
+    assert torch.allclose(centre_of_mass(k_hat.double()), torch.full((3, 2), (K - 1) / 2.0,
+                                                                      dtype=torch.float64),
+                          atol=0.05)
     delta = torch.zeros(1, 1, K, K)
     delta[..., K // 2, K // 2] = 1.0
     ncc = kernel_ncc(k_hat, k)
