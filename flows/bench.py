@@ -366,22 +366,21 @@ def method_oracle_wiener(frames: list[BenchFrame], ctx: BenchContext) -> MethodO
 
 def method_oracle_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutput:
     """Non-blind (proximal) CVSA with the TRUE kernel and the shipped image prior."""
-    try:
-        from restoration.cvsa import restore_blind
-    except ImportError as exc:
-        raise BenchError(f"oracle-cvsa needs restoration.cvsa.restore_blind: {exc}") from exc
+    from flows.restorer import autocast_score
+    from restoration.cvsa import restore_blind
+
     k = _true_kernel(frames, "oracle-cvsa")
     image_prior, kernel_prior = ctx.priors()
     s = ctx.settings
     y = _cat(frames, "y") * 2 - 1
     with torch.no_grad():
         result = restore_blind(
-            y, _masks(frames), image_prior.score, kernel_prior.score,
+            y, _masks(frames), autocast_score(image_prior, s.bf16), autocast_score(kernel_prior, s.bf16),
             image_cld=image_prior.cld, kernel_cld=kernel_prior.cld, kernel_size=k.shape[-1],
             steps=s.steps, noise_sigma=ctx.sigma,
             generator=[generator_for(f"bench/{f.id}") for f in frames],
             method="proximal", known_kernel=k, image_guidance=s.image_guidance,
-            kernel_guidance=s.kernel_guidance,
+            prox_strength=s.prox_strength, renoise=s.renoise,
         )  # fmt: skip
     return MethodOutput(x=(result.x.float() + 1) / 2, kernel=None, nfe=int(result.nfe))
 

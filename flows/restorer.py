@@ -2,9 +2,9 @@
 
 Frames of any size and aspect come back at their input size. A frame whose longest side exceeds
 `working_size` is area-downscaled to it for restoration (blur and noise shrink with it) and the
-result is resized back (bicubic); smaller frames are restored at native size. Frames of one batch
-are placed on a common canvas; padding is marked unobserved (mask 0), so each frame's result does
-not depend on its batch mates (one seeded generator per frame).
+result is resized back (bicubic); smaller frames are restored at native size. Frames that share a
+working shape are restored as one vectorised batch (one seeded generator per frame), so a frame's
+result does not depend on its batch mates.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from flows.config import RestorationSettings
+from restoration.classical import estimate_kernel
 from restoration.cvsa import restore_blind
 from restoration.kernels import kernel_extent
 from restoration.metrics import sharpness_gain
@@ -99,60 +100,87 @@ class FrameRestorer:
     def __call__(
         self, frames: list[FrameInput], progress: Callable[[int, int], None] | None = None
     ) -> list[FrameOutput]:
-        if not frames:
-            return []
-        s = self.settings
+        """Restore `frames`; frames sharing a working shape form one vectorised batch each, so a
+        frame's result never depends on its batch mates (per-frame generators, no padding)."""
         started = time.perf_counter()
-        shapes = [_working_shape(*f.image.shape[:2], s.working_size) for f in frames]
-        hmax = max(h for h, _, _ in shapes)
-        wmax = max(w for _, w, _ in shapes)
+        shapes = [_working_shape(*f.image.shape[:2], self.settings.working_size) for f in frames]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (h, w, _) in enumerate(shapes):
+            groups.setdefault((h, w), []).append(i)
+        results: dict[int, tuple[np.ndarray, np.ndarray, float, float, float, int]] = {}
+        for (h, w), idx in groups.items():
+            for i, row in zip(
+                idx,
+                self._restore_group([frames[i] for i in idx], h, w, [shapes[i][2] for i in idx], progress),
+                strict=True,
+            ):
+                results[i] = row
+        per_frame = (time.perf_counter() - started) / max(1, len(frames))
+        outputs = []
+        for i, f in enumerate(frames):
+            crop, kernel, residual, gain, extent, nfe = results[i]
+            outputs.append(
+                FrameOutput(
+                    key=f.key,
+                    restored=_resize(crop, f.image.shape[:2], Image.Resampling.BICUBIC),
+                    kernel=kernel,
+                    residual=residual,
+                    sharpness_gain=gain,
+                    kernel_extent=extent,
+                    nfe=nfe,
+                    seconds=per_frame,
+                    scale=shapes[i][2],
+                )
+            )
+        return outputs
+
+    def _restore_group(
+        self,
+        frames: list[FrameInput],
+        h: int,
+        w: int,
+        scales: list[float],
+        progress: Callable[[int, int], None] | None,
+    ) -> list[tuple[np.ndarray, np.ndarray, float, float, float, int]]:
+        s = self.settings
         ys, ms = [], []
-        for f, (h, w, _) in zip(frames, shapes, strict=True):
-            img = _resize(f.image, (h, w), Image.Resampling.BOX)
+        for f in frames:
+            ys.append(_to_tensor(_resize(f.image, (h, w), Image.Resampling.BOX)))
             mask = (
                 np.ones((h, w), bool)
                 if f.mask is None
                 else _resize(f.mask.astype(np.uint8) * 255, (h, w), Image.Resampling.NEAREST) >= 128
             )
-            y = torch.zeros(3, hmax, wmax)
-            m = torch.zeros(1, hmax, wmax)
-            y[:, :h, :w] = _to_tensor(img)
-            m[0, :h, :w] = torch.from_numpy(mask).float()
-            # replicate-pad the unobserved margin so the prior sees a plausible continuation
-            y[:, h:, :] = y[:, h - 1 : h, :]
-            y[:, :, w:] = y[:, :, w - 1 : w]
-            ys.append(y)
-            ms.append(m)
+            ms.append(torch.from_numpy(mask).float()[None])
         y = torch.stack(ys).to(self.device)
         m = torch.stack(ms).to(self.device)
         # noise std on the [-1, 1] scale, per frame: area downscaling by 1/scale averages it down
-        sigma = torch.tensor([2.0 * s.noise_sigma * sc for _, _, sc in shapes], dtype=torch.float64)
+        sigma = torch.tensor([2.0 * s.noise_sigma * sc for sc in scales], dtype=torch.float64)
+        kernel_init = None
+        if s.kernel_init == "classical":
+            gray = ((y + 1.0) / 2.0).mean(dim=1, keepdim=True).double()
+            kernel_init = estimate_kernel(gray, m.double(), s.kernel_size).to(y.dtype)
+        elif s.kernel_init != "prior":
+            raise ValueError(f"unknown kernel_init {s.kernel_init!r}; choose 'classical' or 'prior'")
         result = restore_blind(
             y, m, autocast_score(self.image_prior, s.bf16), autocast_score(self.kernel_prior, s.bf16),
             image_cld=self.image_prior.cld, kernel_cld=self.kernel_prior.cld,
             kernel_size=s.kernel_size, steps=s.steps, noise_sigma=sigma,
             generator=[generator_for(f.seed_key, device=self.device) for f in frames],
             method=s.method, image_guidance=s.image_guidance, kernel_guidance=s.kernel_guidance,
-            callback=progress,
+            prox_strength=s.prox_strength, renoise=s.renoise, kernel_init=kernel_init,
+            kernel_t_start=s.kernel_t_start, callback=progress,
         )  # fmt: skip
         gains = sharpness_gain(result.x, y, m)
         extents = kernel_extent(result.kernel.double())
-        per_frame = (time.perf_counter() - started) / len(frames)
-        outputs = []
-        for i, (f, (h, w, sc)) in enumerate(zip(frames, shapes, strict=True)):
-            crop = _to_uint8(result.x[i, :, :h, :w].cpu())
-            restored = _resize(crop, f.image.shape[:2], Image.Resampling.BICUBIC)
-            outputs.append(
-                FrameOutput(
-                    key=f.key,
-                    restored=restored,
-                    kernel=result.kernel[i, 0].cpu().numpy().astype(np.float32),
-                    residual=float(result.diagnostics["residual_ratio"][i]),
-                    sharpness_gain=float(gains[i]),
-                    kernel_extent=float(extents[i]),
-                    nfe=result.nfe,
-                    seconds=per_frame,
-                    scale=sc,
-                )
+        return [
+            (
+                _to_uint8(result.x[i].cpu()),
+                result.kernel[i, 0].cpu().numpy().astype(np.float32),
+                float(result.diagnostics["residual_ratio"][i]),
+                float(gains[i]),
+                float(extents[i]),
+                result.nfe,
             )
-        return outputs
+            for i in range(len(frames))
+        ]

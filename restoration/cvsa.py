@@ -307,16 +307,18 @@ def restore_blind(
     generator: Generators,
     method: str = "proximal",
     known_kernel: Tensor | None = None,
+    kernel_init: Tensor | None = None,
     image_guidance: float = 1.0,
     kernel_guidance: float = 1.0,
-    prox_strength: float = 3.0,
+    prox_strength: float = 1.0,
     kernel_reg: float = 1e-3,
     cg_iters: int = 12,
     kernel_every: int = 1,
     kernel_threshold: float = 0.02,
-    renoise: float | None = 0.3,
+    renoise: float | None = 1.0,
     grid_power: float = 3.0,
     grad_reg: float = 20.0,
+    kernel_t_start: float = 1.0,
     canvas_multiple: int = 8,
     callback: StepCallback | None = None,
 ) -> BlindResult:
@@ -324,7 +326,10 @@ def restore_blind(
 
     y (B, C, h, w) in [-1, 1] with noise std `noise_sigma` (a float or one per sample) on that
     scale; mask (B, 1, h, w), 1 = observed (None: all observed). With `known_kernel` (B, 1, K, K)
-    the kernel process is skipped (non-blind proximal CVSA: the oracle-kernel ceiling).
+    the kernel process is skipped (non-blind proximal CVSA: the oracle-kernel ceiling). With
+    `kernel_init` (B, 1, K, K) (e.g. a classical coarse-to-fine estimate) the kernel process is
+    pulled towards it from the first step (weight kernel_guidance) and refined by least squares
+    on x0_hat once t <= kernel_t_start.
     The image lives on a canvas padded by K - 1 (valid convolution,
     restoration/operators.py) and rounded up to `canvas_multiple`; the kernel process lives in the
     kernel prior's representation (restoration/kernels.py: to_prior/from_prior).
@@ -360,7 +365,10 @@ def restore_blind(
     v, kv = v * image_cld.mass**0.5, kv * kernel_cld.mass**0.5
     grid = time_grid(image_cld, steps, power=grid_power if method == "proximal" else 1.0)
     x_est, k_est = x, soft_kernel(kp, threshold=kernel_threshold)
+    if kernel_init is not None:
+        k_est = kernel_init.to(dtype)
     p_ls = to_prior(k_est)
+    anchored = kernel_init is not None
     for i in range(steps):
         t = torch.full((batch,), float(grid[i]), dtype=torch.float64)
         dtau = float(grid[i] - grid[i + 1])
@@ -378,7 +386,9 @@ def restore_blind(
                 if known_kernel is None:
                     sk, k_est, p_ls, p_new = _proximal_kernel_step(
                         kp, kv, t, y_p, m_p, x0, k_est, p_ls, kernel_score, kernel_cld,
-                        update=i % kernel_every == 0 or last, blend=kernel_guidance, reg=kernel_reg,
+                        update=(i % kernel_every == 0 or last) and float(grid[i]) <= kernel_t_start,
+                        blend=kernel_guidance if anchored or float(grid[i]) <= kernel_t_start else 0.0,
+                        reg=kernel_reg,
                         cg_iters=cg_iters, threshold=kernel_threshold,
                     )  # fmt: skip
                 else:

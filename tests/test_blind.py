@@ -47,26 +47,32 @@ def problem():
     return y, truth, prior_mean, image_score, kernel_score
 
 
-def run(problem, y=None, generator=None, steps=100, method="proximal"):
+# The two proximal state updates, each with the settings it was measured with on this problem.
+SCORE_SHIFT = dict(renoise=None, prox_strength=3.0, grid_power=1.0, grad_reg=0.0)
+RENOISE = dict(renoise=1.0, prox_strength=3.0, grad_reg=0.0)
+
+
+def run(problem, y=None, generator=None, steps=100, method="proximal", **kw):
     y0, _, _, image_score, kernel_score = problem
     y = y0 if y is None else y
     return restore_blind(
         y, None, image_score, kernel_score, image_cld=CLD_DEFAULT, kernel_cld=CLD_DEFAULT,
         kernel_size=K, steps=steps, noise_sigma=0.02, method=method,
         generator=generator if generator is not None else torch.Generator().manual_seed(1),
-        image_guidance=1.0, kernel_guidance=0.5,
+        image_guidance=1.0, kernel_guidance=0.5, **kw,
     )  # fmt: skip
 
 
-def test_proximal_blind_recovers_the_kernel_better_than_its_initial_guess(problem) -> None:
+@pytest.mark.parametrize("variant", [SCORE_SHIFT, RENOISE], ids=["score-shift", "renoise"])
+def test_proximal_blind_recovers_the_kernel_better_than_its_initial_guess(problem, variant) -> None:
     _, truth, prior_mean, _, _ = problem
     initial = from_prior(prior_mean)  # the kernel process starts at the prior's mean
-    res = run(problem)
+    res = run(problem, **variant)
     mse0, ncc0 = kernel_mse(initial, truth).item(), kernel_ncc(initial, truth).item()
     mse1, ncc1 = kernel_mse(res.kernel, truth).item(), kernel_ncc(res.kernel, truth).item()
     print(f"initial mse {mse0:.2e} ncc {ncc0:.3f} -> blind mse {mse1:.2e} ncc {ncc1:.3f}")
     assert mse1 < mse0 and ncc1 > ncc0 + 0.05
-    assert res.diagnostics["residual_ratio"].item() < 1.5  # fits the data to the noise level
+    assert 0.5 < res.diagnostics["residual_ratio"].item() < 1.5  # fits the data to the noise level
     assert torch.all(res.kernel >= 0)
     torch.testing.assert_close(res.kernel.sum(dim=(1, 2, 3)), torch.ones(1, dtype=res.kernel.dtype))
     assert res.x.shape == problem[0].shape
