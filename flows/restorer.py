@@ -73,7 +73,8 @@ def _resize(a: np.ndarray, hw: tuple[int, int], resample: Image.Resampling) -> n
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1.0
+    # copy: arrays from PIL are read-only
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
