@@ -50,11 +50,17 @@ class TrainConfig:
     log_every: int = 10
     loss_weighting: str = "eps"
     weight_floor: float = 0.005
+    decay_steps: int = 0
+    lr_min_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise TrainError(
                 f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
+            )
+        if not 0 <= self.decay_steps <= self.steps or not 0 < self.lr_min_ratio <= 1:
+            raise TrainError(
+                f"need 0 <= decay_steps <= steps and 0 < lr_min_ratio <= 1: {self}"
             )
         if self.weight_floor <= 0:
             raise TrainError(f"weight_floor must be > 0, got {self.weight_floor}")
@@ -139,10 +145,17 @@ def hsm_loss(
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then constant."""
-    if cfg.warmup_steps == 0:
-        return cfg.lr
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    """Linear warm-up to cfg.lr, constant, then a cosine decay to lr_min_ratio * lr over the
+    last `decay_steps` steps (so a run extended before its decay starts is still one schedule).
+    """
+    lr = cfg.lr
+    if cfg.warmup_steps:
+        lr *= min(1.0, (step + 1) / cfg.warmup_steps)
+    start = cfg.steps - cfg.decay_steps
+    if cfg.decay_steps and step >= start:
+        frac = (step - start) / cfg.decay_steps
+        lr *= cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    return lr
 
 
 def new_state(model: nn.Module, cfg: TrainConfig, device: torch.device | str = "cpu") -> TrainState:

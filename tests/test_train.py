@@ -227,3 +227,19 @@ def test_x0_weighting_divides_by_k_squared_plus_floor() -> None:
     torch.testing.assert_close(weighted, plain / (k2 + 0.01))
     with pytest.raises(TrainError):
         TrainConfig(loss_weighting="snr")
+
+
+def test_lr_schedule_warmup_constant_cosine_decay() -> None:
+    from restoration.train import lr_at
+
+    cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, decay_steps=40, lr_min_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(59, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(1e-3)
+    assert lr_at(80, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert lr_at(99, cfg) < 1.2e-4
+    assert [lr_at(s, cfg) for s in range(60, 100)] == sorted(
+        [lr_at(s, cfg) for s in range(60, 100)], reverse=True)
+    with pytest.raises(TrainError):
+        TrainConfig(steps=10, decay_steps=11)
