@@ -12,7 +12,8 @@ run in progress):
     loss-plot      loss-curve PNGs from runs/<prior>/loss.csv
     cards          network and training tables from the checkpoints' JSON metadata
     all            all of the above; tables are written into docs/models.md between
-                   `<!-- name:start -->` / `<!-- name:end -->` markers
+                   `<!-- name:start -->` / `<!-- name:end -->` markers (single commands do
+                   so with --write)
 """
 
 from __future__ import annotations
@@ -262,10 +263,10 @@ def kernel_tiles(k: torch.Tensor) -> np.ndarray:
 def replace_block(doc: Path, name: str, text: str) -> None:
     """Replace the text between <!-- name:start --> and <!-- name:end --> in doc."""
     src = doc.read_text()
-    pat = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+    pat = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pat.search(src):
         raise SystemExit(f"{doc} has no <!-- {name}:start/end --> block")
-    doc.write_text(pat.sub(lambda m: m.group(1) + text + m.group(2), src))
+    doc.write_text(pat.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), src))
 
 
 def cmd_denoise(args: argparse.Namespace) -> str:
@@ -396,11 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="reverse-SDE steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--write", action="store_true",
+                        help="also write the command's table into docs/models.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"denoise": cmd_denoise, "kernel-stats": cmd_kernel_stats, "image-samples": cmd_image_samples,
-     "loss-plot": cmd_loss_plot, "cards": cmd_cards, "all": cmd_all}[args.command](args)
+    out = {"denoise": cmd_denoise, "kernel-stats": cmd_kernel_stats,
+           "image-samples": cmd_image_samples, "loss-plot": cmd_loss_plot, "cards": cmd_cards,
+           "all": cmd_all}[args.command](args)
+    if args.write and args.command in ("denoise", "kernel-stats", "image-samples"):
+        replace_block(args.docs / "models.md", args.command, out)
     return 0
 
 

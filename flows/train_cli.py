@@ -190,7 +190,7 @@ def plot_losses(losses: list[tuple[int, float]], path: Path, title: str) -> None
         ax.set_yscale("log")
         ax.legend(fontsize=8)
     ax.set_xlabel("step")
-    ax.set_ylabel("HSM loss (eps_v MSE)")
+    ax.set_ylabel("HSM loss (λ(t)-weighted ε_v MSE)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
