@@ -27,7 +27,7 @@ class RestorationSettings(Frozen):
     kernel_guidance: float = Field(0.5, ge=0, description="proximal: blend of the kernel update into k0_hat")
     prox_strength: float = Field(1.0, gt=0, description="lambda in rho_t = lambda sigma^2 / Var(x0 | u_t)")
     renoise: float = Field(1.0, ge=0, le=1, description="proximal: fresh-noise share of the CLD renoise step")
-    kernel_init: str = Field("classical", description="'classical' (coarse-to-fine L0 estimate) or 'prior'")
+    kernel_init: str = Field("classical-fixed", description="'prior', 'classical', 'classical-fixed'")
     kernel_t_start: float = Field(0.0, ge=0, le=1, description="least-squares kernel refinement below this t")
     batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
     bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")

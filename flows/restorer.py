@@ -18,12 +18,16 @@ import torch
 from PIL import Image
 
 from flows.config import RestorationSettings
-from restoration.classical import estimate_kernel
+from restoration.classical import blind_kernel
 from restoration.cvsa import restore_blind
 from restoration.kernels import kernel_extent
 from restoration.metrics import sharpness_gain
 from restoration.priors import Prior, load_shipped
 from restoration.rng import generator_for
+
+# 'prior': kernel prior + least-squares updates only; 'classical': kernel process anchored on the
+# classical L0 estimate; 'classical-fixed': that estimate is the kernel (image sampled with CVSA).
+KERNEL_INITS = ("prior", "classical", "classical-fixed")
 
 
 @dataclass(frozen=True)
@@ -157,19 +161,19 @@ class FrameRestorer:
         m = torch.stack(ms).to(self.device)
         # noise std on the [-1, 1] scale, per frame: area downscaling by 1/scale averages it down
         sigma = torch.tensor([2.0 * s.noise_sigma * sc for sc in scales], dtype=torch.float64)
-        kernel_init = None
-        if s.kernel_init == "classical":
-            gray = ((y + 1.0) / 2.0).mean(dim=1, keepdim=True).double()
-            kernel_init = estimate_kernel(gray, m.double(), s.kernel_size).to(y.dtype)
-        elif s.kernel_init != "prior":
-            raise ValueError(f"unknown kernel_init {s.kernel_init!r}; choose 'classical' or 'prior'")
+        if s.kernel_init not in KERNEL_INITS:
+            raise ValueError(f"unknown kernel_init {s.kernel_init!r}; choose from {KERNEL_INITS}")
+        kernel_init = known = None
+        if s.kernel_init != "prior":
+            classical = blind_kernel(y.double(), m.double(), s.kernel_size).to(y.dtype)
+            kernel_init, known = (classical, None) if s.kernel_init == "classical" else (None, classical)
         result = restore_blind(
             y, m, autocast_score(self.image_prior, s.bf16), autocast_score(self.kernel_prior, s.bf16),
             image_cld=self.image_prior.cld, kernel_cld=self.kernel_prior.cld,
             kernel_size=s.kernel_size, steps=s.steps, noise_sigma=sigma,
             generator=[generator_for(f.seed_key, device=self.device) for f in frames],
             method=s.method, image_guidance=s.image_guidance, kernel_guidance=s.kernel_guidance,
-            prox_strength=s.prox_strength, renoise=s.renoise, kernel_init=kernel_init,
+            prox_strength=s.prox_strength, renoise=s.renoise, kernel_init=kernel_init, known_kernel=known,
             kernel_t_start=s.kernel_t_start, callback=progress,
         )  # fmt: skip
         gains = sharpness_gain(result.x, y, m)

@@ -114,9 +114,7 @@ class BlindConfig:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_inputs(
-    y: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_inputs(y: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(y, torch.Tensor) or y.ndim != 4:
         raise ClassicalInputError(f"y must be a (B, C, H, W) tensor, got {getattr(y, 'shape', y)}")
     b, _, h, w = y.shape
@@ -342,9 +340,7 @@ def _gst(v: torch.Tensor, lam: float, p: float, iters: int = 3) -> torch.Tensor:
     """Generalised soft-thresholding: argmin_g ½(g - v)² + lam |g|^p (Zuo et al. 2013)."""
     if p >= 1.0:
         return torch.sign(v) * (v.abs() - lam).clamp_min(0)
-    tau = (2 * lam * (1 - p)) ** (1 / (2 - p)) + lam * p * (2 * lam * (1 - p)) ** (
-        (p - 1) / (2 - p)
-    )
+    tau = (2 * lam * (1 - p)) ** (1 / (2 - p)) + lam * p * (2 * lam * (1 - p)) ** ((p - 1) / (2 - p))
     a = v.abs()
     g = a.clone()
     for _ in range(iters):
@@ -473,8 +469,7 @@ def _kernel_step(
     def at_op(rs: list[torch.Tensor]) -> torch.Tensor:
         out = torch.zeros_like(k0)
         for g, r in zip(gxs, rs, strict=True):
-            out = out + _unplace(torch.fft.irfft2(g.conj() * torch.fft.rfft2(weight * r), s=shape),
-                                 size)
+            out = out + _unplace(torch.fft.irfft2(g.conj() * torch.fft.rfft2(weight * r), s=shape), size)
         return out
 
     diag = sum((weight * torch.fft.irfft2(g, s=shape) ** 2).sum(dim=(1, 2, 3)) for g in gxs)
@@ -623,10 +618,8 @@ def estimate_kernel(
         k = _resize_kernel(k, ks)
         if scale < 1.0:
             hs, ws = max(8, round(h * scale)), max(8, round(w * scale))
-            ys = F.interpolate(gray, size=(hs, ws), mode="bilinear", antialias=True,
-                               align_corners=False)
-            ms = F.interpolate(mask, size=(hs, ws), mode="bilinear", antialias=True,
-                               align_corners=False)
+            ys = F.interpolate(gray, size=(hs, ws), mode="bilinear", antialias=True, align_corners=False)
+            ms = F.interpolate(mask, size=(hs, ws), mode="bilinear", antialias=True, align_corners=False)
             ms = (ms > 0.99).to(gray.dtype)
         else:
             ys, ms = gray, mask
@@ -644,6 +637,21 @@ def estimate_kernel(
             lam_grad = max(lam_grad / cfg.lambda_decay, cfg.lambda_min)
             lam_pixel = max(lam_pixel / cfg.lambda_decay, cfg.lambda_min) if lam_pixel else 0.0
     return k.to(out_dtype)
+
+
+def blind_kernel(
+    y: torch.Tensor, mask: torch.Tensor | None, kernel_size: int, config: BlindConfig | None = None
+) -> torch.Tensor:
+    """The kernel of :func:`classical_blind`: coarse-to-fine L0 estimate on the luma of y (B, C, h, w)
+    on [-1, 1], sub-pixel re-centred. (B, 1, K, K), non-negative, sum 1."""
+    y, mask = _check_inputs(y, mask)
+    y01 = ((y + 1) / 2).clamp(0, 1)
+    if y.shape[1] == 3:
+        weights = torch.tensor(_LUMA, device=y.device, dtype=y01.dtype).view(1, 3, 1, 1)
+        gray = (y01 * weights).sum(dim=1, keepdim=True)
+    else:
+        gray = y01.mean(dim=1, keepdim=True)
+    return _recentre_subpixel(estimate_kernel(gray, mask, kernel_size, config or BlindConfig()))
 
 
 def classical_blind(
@@ -678,14 +686,8 @@ def classical_blind(
     if sigma <= 0:
         raise ClassicalInputError(f"sigma must be positive, got {sigma}")
     y01 = ((y + 1) / 2).clamp(0, 1)
-    if y.shape[1] == 3:
-        weights = torch.tensor(_LUMA, device=y.device).view(1, 3, 1, 1)
-        gray = (y01 * weights).sum(dim=1, keepdim=True)
-    else:
-        gray = y01.mean(dim=1, keepdim=True)
-    k = _recentre_subpixel(estimate_kernel(gray, mask, kernel_size, cfg))
+    k = blind_kernel(y, mask, kernel_size, cfg)
     tau = cfg.final_tau * (sigma / 2) ** 2
     canvas = _make_canvas(y01, mask, _canvas_pad(kernel_size))
     x = _sparse_deconv_canvas(canvas, _otf(k, canvas.shape), tau, cfg.final_p, cfg.final_iters)
     return (canvas.crop(x) * 2 - 1).clamp(-1, 1).to(out_dtype), k.to(out_dtype)
-

@@ -429,4 +429,5 @@ def restore_blind(
         r = m_p * (y_p - blur(x_est, kernel))
         n_obs = (m_p.flatten(1).sum(1) * channels).clamp_min(1.0)
         residual = torch.sqrt(r.flatten(1).pow(2).sum(1) / n_obs) / sigma_b.flatten()
-    return BlindResult(x=x_out, kernel=kernel, nfe=2 * steps, diagnostics={"residual_ratio": residual})
+    nfe = steps if known_kernel is not None else 2 * steps  # the kernel network is not run then
+    return BlindResult(x=x_out, kernel=kernel, nfe=nfe, diagnostics={"residual_ratio": residual})
