@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from restoration.cld import CLD
-from restoration.operators import blur
+from restoration.kernels import from_prior, to_prior
+from restoration.operators import blur, crop_from_canvas, pad_to_canvas
 from restoration.proximal import image_prox, kernel_least_squares
 from restoration.rng import Generators, randn
 
@@ -250,8 +251,6 @@ def _proximal_kernel_step(
     """Kernel half of a proximal step: least-squares kernel from x0_hat's gradients (an explicit
     M-step, as in Fast Diffusion EM), blended into the kernel process's x0 estimate; the kernel
     velocity score is shifted so that its x0_hat becomes the blend. Returns (score, kernel, p_ls)."""
-    from restoration.kernels import to_prior
-
     sk = kernel_score(kp, kv, t)
     p0 = kernel_cld.x0_hat(kp, kv, sk, t)
     if update:
@@ -341,9 +340,6 @@ def restore_blind(
     x0_hat is replaced by the proximal data-consistent solution with rho_t = prox_strength sigma^2 /
     (L11/D11)^2; scores are shifted so that x0_hat equals the new estimates (s += d_t (x0' - x0_hat)).
     """
-    from restoration.kernels import from_prior, to_prior  # kernels imports nothing from here
-    from restoration.operators import crop_from_canvas, pad_to_canvas
-
     if method not in ("paper", "proximal"):
         raise ValueError(f"unknown blind method {method!r}; choose 'paper' or 'proximal'")
     if known_kernel is not None and method != "proximal":

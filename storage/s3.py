@@ -223,45 +223,34 @@ class S3Store:
         return self._list(prefix)
 
     def _list(self, prefix: str) -> Iterator[str]:
-        cut = len(self._root)
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self._bucket,
-            Prefix=self._root + prefix,
-            PaginationConfig={"PageSize": self._page_size},
-        )
-        it = iter(pages)
-        while True:
-            page = self._call("ListObjectsV2", prefix or None, lambda: next(it, None))
-            if page is None:
-                return
-            contents = page.pop("Contents", ())
-            del page
-            for obj in contents:
-                yield obj["Key"][cut:]
-            del contents  # release this page before the next request: one page at a time
+        return self._paged(prefix, "Contents", "Key")
 
     def list_dirs(self, prefix: str = "") -> Iterator[str]:
         prefix = validate_folder(prefix)
         return self._list_dirs(prefix)
 
     def _list_dirs(self, prefix: str) -> Iterator[str]:
+        return self._paged(prefix, "CommonPrefixes", "Prefix", Delimiter="/")
+
+    def _paged(self, prefix: str, field: str, name: str, **extra: str) -> Iterator[str]:
+        """Stream `name` of each entry in `field` of ListObjectsV2 pages, one page held at a time."""
         cut = len(self._root)
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self._bucket,
             Prefix=self._root + prefix,
-            Delimiter="/",
             PaginationConfig={"PageSize": self._page_size},
+            **extra,
         )
         it = iter(pages)
         while True:
             page = self._call("ListObjectsV2", prefix or None, lambda: next(it, None))
             if page is None:
                 return
-            commons = page.pop("CommonPrefixes", ())
+            entries = page.pop(field, ())
             del page
-            for common in commons:
-                yield common["Prefix"][cut:]
-            del commons
+            for entry in entries:
+                yield entry[name][cut:]
+            del entries  # release this page before the next request: one page at a time
 
     # ---------------------------------------------------------------- reads
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
