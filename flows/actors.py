@@ -1,4 +1,4 @@
-"""Ray fan-out: actors that hold both priors and restore batches of frames (DESIGN.md §8).
+"""Ray fan-out: actors that hold both priors and restore batches of frames (docs/design.md §8).
 
 Each actor (:class:`RestoreWorker` under ``ray.remote``) loads the two shipped priors once in
 ``__init__``, then for every batch it reads and decodes the frames (CPU side), restores the batch
@@ -244,7 +244,7 @@ def write_quarantine_entry(dest: Any, ref: FrameRef, reason: str, *, config_hash
 def truth_metrics(restored: np.ndarray, kernel: np.ndarray, sharp: np.ndarray | None,
                   true_kernel: np.ndarray | None) -> dict[str, float]:
     """psnr/ssim against the sharp truth ([0, 1] RGB) and kernel_mse/kernel_ncc against the true
-    kernel (DESIGN.md §7); NaN where there is no truth."""
+    kernel (docs/design.md §7); NaN where there is no truth."""
     from restoration import metrics
 
     out = {"psnr": NAN, "ssim": NAN, "kernel_mse": NAN, "kernel_ncc": NAN}

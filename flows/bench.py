@@ -17,7 +17,7 @@ canvas of (size + K - 1)² blurred by the *valid* true convolution of :mod:`rest
   fingers and thumb entering from a frame edge, 10-25 % of the frame): the frame shows the hand,
   the mask sidecar is 0 there, and the sharp truth is the product behind it.
 
-Frames are written in the sidecar layout of DESIGN.md §4 (``<suite>/fNNN.png``, ``.mask.png``,
+Frames are written in the sidecar layout of docs/design.md §4 (``<suite>/fNNN.png``, ``.mask.png``,
 ``.sharp.png``, ``.kernel.npy``), with ``bench.json`` (the generation spec) at the root, so any
 folder in that layout can be benchmarked with ``--data``.
 
@@ -28,7 +28,7 @@ CVSA with the true kernel and the shipped image prior: the ceiling for blind CVS
 ``blind-cvsa`` (the product: :class:`flows.restorer.FrameRestorer` with the pipeline config's
 restoration settings and both shipped priors). Every method returns 8-bit images (what a user
 saves), scored against the truth: PSNR / SSIM on [0, 1] RGB (scikit-image conventions), PSNR
-inside / outside the occlusion mask, kernel-MSE and kernel NCC as DESIGN.md §7 defines them on a
+inside / outside the occlusion mask, kernel-MSE and kernel NCC as docs/design.md §7 defines them on a
 common canvas of max(kernel_size setting, true K) px, seconds per frame, network evaluations.
 ``fixed-kernel`` rows hold the best *fixed* kernel guess per suite: the single Gaussian sigma or
 disc radius that minimises the suite's mean kernel-MSE, chosen with hindsight.

@@ -1,6 +1,6 @@
 """Critically-damped Langevin diffusion (CLD) in position-velocity space.
 
-Conventions (DESIGN.md §6, proven in tests/test_cld.py against matrix exponentials):
+Conventions (docs/design.md §6, proven in tests/test_cld.py against matrix exponentials):
 
 forward SDE (t: 0 -> 1), state u = (x, v)::
 
@@ -152,7 +152,7 @@ class CLD:
     # -- score parameterisation ------------------------------------------------------------------
 
     def score_from_eps(self, eps_v: Tensor, t: Tensor) -> Tensor:
-        """Velocity score from the predicted velocity noise: s = -eps_v / L22 (DESIGN.md §6)."""
+        """Velocity score from the predicted velocity noise: s = -eps_v / L22 (docs/design.md §6)."""
         l22 = self.cholesky(t)[..., 1, 1]
         return -eps_v / _per_sample(l22, eps_v)
 

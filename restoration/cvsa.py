@@ -216,9 +216,9 @@ def soft_project(k: Tensor, threshold: float = 0.0) -> Tensor:
 def proximal_rho(
     cld: CLD, t: Tensor, noise_sigma: Tensor | float, strength: float, data_var: float = 0.25
 ) -> Tensor:
-    """rho_t = lambda sigma^2 / Var(x0 | u_t), Var ~ (1/s^2 + (D11/L11)^2)^-1 (DESIGN §6, amended).
+    """rho_t = lambda sigma^2 / Var(x0 | u_t), Var ~ (1/s^2 + (D11/L11)^2)^-1 (docs/design.md §6, amended).
 
-    DESIGN.md's rho_t = lambda sigma^2 / (L11/D11)^2 trusts the data without limit at large t, where
+    The prototype's rho_t = lambda sigma^2 / (L11/D11)^2 trusts the data without limit at large t, where
     L11/D11 explodes: the proximal solution is then an unregularised deconvolution (noise amplified
     ~6 dB below the blurred input with a 31-px kernel) and drags the trajectory along. Capping the
     x0 uncertainty at the data variance s^2 (Gaussian posterior of x0 given x_t) fixes it.

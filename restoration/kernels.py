@@ -1,6 +1,6 @@
 """Blur-kernel generators, the kernel prior's representation, and kernel statistics.
 
-Conventions (DESIGN.md §3): a kernel is a float32 tensor of odd side K, non-negative, summing to 1;
+Conventions (docs/design.md §3): a kernel is a float32 tensor of odd side K, non-negative, summing to 1;
 batches are (B, 1, K, K). The centre pixel is index c = (K - 1) / 2 and every generator returns
 kernels whose centre of mass is at (c, c) (sub-pixel exact for motion, Gaussian and defocus
 kernels; within a fraction of a pixel for mixtures). Randomness always comes from an explicit
@@ -15,7 +15,7 @@ Kinds:
 - ``defocus``: anti-aliased uniform disc (pixel coverage by 8x8 supersampling).
 - ``mixture``: a motion kernel convolved with a small Gaussian or a small defocus disc.
 
-Kernel prior representation (DESIGN.md §6, "Kernel prior representation matters"): the prior
+Kernel prior representation (docs/design.md §6, "Kernel prior representation matters"): the prior
 works on ``p = 2 * sqrt(k / max k) - 1`` in [-1, 1] (gamma companding, gamma = 2). The inverse
 squares ``(p + 1) / 2`` after clamping to [0, 1], so a background error e in p becomes only
 (e/2)^2 relative to the peak: e = 0.05 leaves 6e-4 instead of 2.5e-2 with a linear map. The
@@ -362,7 +362,7 @@ def centre_of_mass(k: torch.Tensor) -> torch.Tensor:
 
 
 def mass_concentration(k: torch.Tensor, n: int = 96) -> torch.Tensor:
-    """Fraction of the mass held by the n largest pixels, (B,) (DESIGN.md §6: 96 px, ~98%)."""
+    """Fraction of the mass held by the n largest pixels, (B,) (docs/design.md §6: 96 px, ~98%)."""
     _check_batch(k)
     flat = k.flatten(1).clamp_min(0)
     top = flat.topk(min(n, flat.shape[1]), dim=1).values.sum(dim=1)

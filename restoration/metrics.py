@@ -1,4 +1,4 @@
-"""Per-sample quality measures (DESIGN.md §7).
+"""Per-sample quality measures (docs/design.md §7).
 
 Every function reduces over (C, H, W) only and returns a (B,) float64 tensor, so a frame scored
 alone gets exactly the number it gets inside a batch. Inputs may be torch tensors or numpy arrays
@@ -171,7 +171,7 @@ def _aligned_stack(
 def kernel_mse(
     k_est: ArrayLike, k_true: ArrayLike, max_shift: int = 3, canvas: int | None = None
 ) -> torch.Tensor:
-    """Kernel-MSE of DESIGN.md §7, per sample.
+    """Kernel-MSE of docs/design.md §7, per sample.
 
     Both kernels are normalised to sum 1 and centred on a common odd K x K canvas (the smaller
     zero-padded; K = max(both sizes, ``canvas``) — pass a fixed ``canvas`` to compare estimates

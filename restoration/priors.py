@@ -3,7 +3,7 @@
 Loading never unpickles: weights come from safetensors and metadata from JSON. The only
 read this package does itself is `load_shipped`, which reads the checkpoints shipped inside
 the package via `importlib.resources` (package data, not a user path); every other checkpoint
-is passed in as bytes by the caller (flows/ reads the files), in line with DESIGN.md §2.
+is passed in as bytes by the caller (flows/ reads the files), in line with docs/design.md §2.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Prior:
         return self.net(x_t, v_t, t)
 
     def score(self, x_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Velocity score s = -eps_v / L22(t) (DESIGN.md §6); x_t, v_t (B, C, H, W), t (B,)."""
+        """Velocity score s = -eps_v / L22(t) (docs/design.md §6); x_t, v_t (B, C, H, W), t (B,)."""
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])

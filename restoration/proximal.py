@@ -1,4 +1,4 @@
-"""Data-consistency solves used by the proximal variant of blind CVSA (DESIGN.md §6).
+"""Data-consistency solves used by the proximal variant of blind CVSA (docs/design.md §6).
 
 Everything is per sample: conjugate gradients use per-sample inner products over (C, H, W), so a
 frame solved alone equals it solved in a batch. The forward model is the exact one of

@@ -1,6 +1,6 @@
 """Explicit, reproducible randomness: generators seeded from stable strings, drawn per sample.
 
-A frame restored alone must equal it restored in a batch (DESIGN.md §3), so a batch may carry one
+A frame restored alone must equal it restored in a batch (docs/design.md §3), so a batch may carry one
 generator per sample; `randn` then draws each sample's noise from its own stream.
 """
 

@@ -2,7 +2,7 @@
 
 The network sees the CLD state u_t = (x_t, v_t) (concatenated, 2C channels) and the diffusion
 time t, and predicts the velocity noise eps_v (C channels). With the "l_t = 1/L22"
-parameterisation of the CLD paper the velocity score is s = -eps_v / L22(t) (DESIGN.md §6).
+parameterisation of the CLD paper the velocity score is s = -eps_v / L22(t) (docs/design.md §6).
 
 `ScoreUNet` is the bare U-Net. `CLDEpsNet` wraps it with the CLD paper's "mixed score"
 (Dockhorn et al. 2021, Sec. 3.3): the analytic eps_v of a Gaussian data distribution

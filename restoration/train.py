@@ -3,7 +3,7 @@
 HSM (CLD paper, Sec. 3.2, with v0 marginalised): draw t ~ U[t_min, 1], perturb
 u_t = (x_t, v_t) ~ p(u_t | x0) = N(D_t (x0, 0), Sigma_t), and regress the network on the
 velocity noise: loss = || eps_theta(x_t, v_t, t) - eps_v ||^2, averaged over (C, H, W) per sample
-and then over the batch. The velocity score is then -eps_theta / L22(t) (DESIGN.md §6).
+and then over the batch. The velocity score is then -eps_theta / L22(t) (docs/design.md §6).
 
 This module is pure tensor code: it takes a data iterator and callbacks and never touches
 files. Checkpoint bytes are produced here (`training_state_bytes`) and written by the caller

@@ -1,4 +1,4 @@
-"""Key rules and the output layout (DESIGN.md §5).
+"""Key rules and the output layout (docs/design.md §5).
 
 A *key* is a store-relative, ``/``-separated name such as ``lane3/cam1/f001.jpg``. The same rules
 hold on every backend, so a key that works locally works on S3 and vice versa:

@@ -1,4 +1,4 @@
-"""HTML run reports and the all-runs index (DESIGN.md §5, §7). Pure rendering, no torch.
+"""HTML run reports and the all-runs index (docs/design.md §5, §7). Pure rendering, no torch.
 
 Inputs are the report rows (the ``frames.parquet`` schema), the run summary (``summary.json``)
 and a callable that fetches image bytes; outputs are ``{relative name: bytes}`` maps that

@@ -1,4 +1,4 @@
-"""Per-run report files in the destination store (DESIGN.md §5) and their readers.
+"""Per-run report files in the destination store (docs/design.md §5) and their readers.
 
 ``reports/<run-id>/frames.parquet`` and ``frames.csv`` hold one row per frame; ``summary.json``
 one object per run. Run ids (``20261124T120000Z-1a2b3c``) sort by start time, so listing

@@ -1,4 +1,4 @@
-"""Frame discovery with sidecars (DESIGN.md §4) and kernel ``.npy`` helpers.
+"""Frame discovery with sidecars (docs/design.md §4) and kernel ``.npy`` helpers.
 
 Under a source prefix::
 

@@ -36,7 +36,7 @@ def test_roundtrip_version_and_frozen_eval() -> None:
     t = torch.tensor([0.1, 0.7])
     s = prior.score(x, v, t)
     assert torch.equal(s, again.score(x, v, t))
-    # score = -eps / L22 (DESIGN.md §6)
+    # score = -eps / L22 (docs/design.md §6)
     l22 = prior.cld.cholesky(t.double())[:, 1, 1].float()
     torch.testing.assert_close(s, -prior.eps(x, v, t) / l22[:, None, None, None])
     other_weights, _ = export_prior(build_eps_net(json.loads(meta)["net"], CLD_CFG, init_seed=9),
