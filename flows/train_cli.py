@@ -148,6 +148,61 @@ def image_bank(data: dict[str, Any], cache_dir: Path, progress: bool = True) -> 
     return torch.from_numpy(bank)
 
 
+def native_bank(spec: dict[str, Any], fonts: list[str], cache_dir: Path,
+                progress: bool = True) -> list[torch.Tensor]:
+    """Native-resolution renders (3, S_i, S_i) uint8, S_i in [256, 512], cached as one .npz.
+
+    `spec`: n_renders, seed (train seeds only), optional size (one side for all).
+    """
+    from tqdm.auto import tqdm
+
+    from restoration import synthetic
+    from restoration.synthetic.native import NATIVE_VERSION, render_native
+
+    n, seed0 = int(spec["n_renders"]), int(spec.get("seed", 0))
+    size = int(spec["size"]) if spec.get("size") else None
+    if seed0 < 0 or seed0 + n > synthetic.TRAIN_SEEDS_END:
+        raise TrainCLIError(
+            f"train seeds [{seed0}, {seed0 + n}) leave [0, {synthetic.TRAIN_SEEDS_END})"
+        )
+    key = {"n": n, "seed": seed0, "size": size, "fonts": [Path(f).name for f in fonts],
+           "native_version": NATIVE_VERSION, "renderer_version": synthetic.RENDERER_VERSION}
+    path = _cache_path(cache_dir, "native", key).with_suffix(".npz")
+    if not path.exists():
+        imgs = [render_native(s, size, fonts).transpose(2, 0, 1)
+                for s in tqdm(range(seed0, seed0 + n), disable=not progress,
+                              desc="rendering native", unit="img")]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, *imgs)
+        os.replace(tmp, path)
+    with np.load(path) as z:
+        return [torch.from_numpy(z[f"arr_{i}"]) for i in range(len(z.files))]
+
+
+def image_sources(data: dict[str, Any], cache_dir: Path, progress: bool = True
+                  ) -> tuple[list[torch.Tensor], list[float]]:
+    """The images of `data.sources` and per-image sampling weights (each source's `weight`
+    split evenly over its images). Kinds: `scene` (render_canvas at render_size, as
+    `image_bank`) and `native` (`native_bank`)."""
+    fonts = find_fonts(data.get("fonts", DEFAULT_FONT_GLOBS))
+    images: list[torch.Tensor] = []
+    weights: list[float] = []
+    for src in data["sources"]:
+        kind = src.get("kind")
+        if kind == "scene":
+            part = list(image_bank(src | {"fonts": data.get("fonts", DEFAULT_FONT_GLOBS)},
+                                   cache_dir, progress))
+        elif kind == "native":
+            part = native_bank(src, fonts, cache_dir, progress)
+        else:
+            raise TrainCLIError(f"data source kind must be 'scene' or 'native', got {kind!r}")
+        w = float(src.get("weight", 1.0))
+        images += part
+        weights += [w / len(part)] * len(part)
+    return images, weights
+
+
 def kernel_bank(data: dict[str, Any], cache_dir: Path, progress: bool = True) -> torch.Tensor:
     """(N, 1, K, K) float32 bank of generated kernels in the prior representation, cached."""
     from tqdm.auto import tqdm
@@ -244,9 +299,38 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="also write <prior>.safetensors/.json here at every checkpoint")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     p.add_argument("--fresh", action="store_true", help="ignore an existing state.pt")
+    p.add_argument("--init-from", default=None,
+                   help="warm start a fresh run from these weights: 'shipped' or a "
+                        "<prior>.safetensors path (its .json beside it); ignored on resume")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
+
+
+def warm_start(state: TrainState, prior: str, source: str) -> dict[str, Any]:
+    """Load exported weights into a fresh state's model and EMA; returns their provenance
+    (version, steps, and the parent's own `init_from` chain)."""
+    from restoration.priors import PriorError, load_prior, shipped_bytes
+
+    try:
+        if source == "shipped":
+            st_bytes, js_bytes = shipped_bytes(prior)
+        else:
+            path = Path(source)
+            st_bytes, js_bytes = path.read_bytes(), path.with_suffix(".json").read_bytes()
+        parent = load_prior(st_bytes, js_bytes)
+    except (OSError, PriorError) as exc:
+        raise TrainCLIError(f"cannot warm start from {source}: {exc}") from exc
+    if parent.name != prior:
+        raise TrainCLIError(f"--init-from {source} is a {parent.name!r} prior, not {prior!r}")
+    try:
+        state.model.load_state_dict(parent.net.state_dict())
+    except RuntimeError as exc:
+        raise TrainCLIError(f"--init-from {source}: network differs from the config: {exc}") from exc
+    state.ema.model.load_state_dict(parent.net.state_dict())
+    return {"version": parent.version, "steps": int(parent.meta.get("steps", 0)),
+            "wall_time_s": float(parent.meta.get("wall_time_s", 0.0)),
+            "parent": parent.meta.get("init_from")}
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -271,11 +355,23 @@ def train_main(args: argparse.Namespace) -> int:
     net = build_eps_net(cfg.net, cfg.cld, init_seed=cfg.train.seed)
     state = new_state(net, cfg.train, device)
     state_path = out / "state.pt"
+    init_from = None
     if state_path.exists() and not args.fresh:
         load_training_state(state, state_path.read_bytes())
         print(f"resumed {state_path} at step {state.step}", file=sys.stderr)
+        prev = out / f"{cfg.prior}.json"
+        if prev.exists():
+            init_from = json.loads(prev.read_text()).get("init_from")
+    elif args.init_from:
+        init_from = warm_start(state, cfg.prior, args.init_from)
+        print(f"warm start from {init_from['version']} ({init_from['steps']} steps)",
+              file=sys.stderr)
 
-    if cfg.prior == "image":
+    if cfg.prior == "image" and "sources" in cfg.data:
+        images, weights = image_sources(cfg.data, args.cache_dir, progress)
+        batches = crop_batches(images, cfg.train.batch_size, int(cfg.data["crop"]),
+                               state.data_generator, weights=weights)
+    elif cfg.prior == "image":
         bank = image_bank(cfg.data, args.cache_dir, progress)
         batches = crop_batches(bank, cfg.train.batch_size, int(cfg.data["crop"]),
                                state.data_generator)
@@ -285,7 +381,8 @@ def train_main(args: argparse.Namespace) -> int:
                                state.data_generator, transpose=True)
     # Data order after a resume continues from the saved data generator state.
     command = (f"checkout-restore train --prior {args.prior} --config {args.config} "
-               f"--out {args.out}" + (f" --steps {args.steps}" if args.steps else ""))
+               f"--out {args.out}" + (f" --steps {args.steps}" if args.steps else "")
+               + (f" --init-from {args.init_from}" if args.init_from else ""))
 
     def on_log(step: int, loss: float) -> None:
         with (out / "loss.csv").open("a") as f:
@@ -293,7 +390,8 @@ def train_main(args: argparse.Namespace) -> int:
 
     def on_checkpoint(st: TrainState, final: bool) -> None:
         _atomic_write(state_path, training_state_bytes(st))
-        weights, meta = export_prior(st.ema.model, prior_metadata(cfg, st, command))
+        weights, meta = export_prior(st.ema.model, prior_metadata(cfg, st, command) | (
+            {"init_from": init_from} if init_from else {}))
         dirs = [out] + ([args.export_dir] if args.export_dir else [])
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import copy
 import io
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -276,28 +276,55 @@ def train(
 
 
 def crop_batches(
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     batch_size: int,
     crop: int,
     generator: torch.Generator,
     transpose: bool = False,
+    weights: Sequence[float] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Endless random crops + horizontal/vertical flips of a (N, C, H, W) bank.
 
-    `images` may be uint8 (mapped to [-1, 1]) or float already in [-1, 1]. With `transpose`
-    (square crops only) a random transpose completes the 8 dihedral symmetries (kernel banks).
+    `images` may be uint8 (mapped to [-1, 1]) or float already in [-1, 1]; it may also be a
+    sequence of (C, H_i, W_i) images of different sizes (native-resolution renders), drawn
+    with probability proportional to `weights` (uniform without). With `transpose` (square
+    crops only) a random transpose completes the 8 dihedral symmetries (kernel banks).
     """
-    if images.ndim != 4 or min(images.shape[-2:]) < crop:
+    ragged = not isinstance(images, torch.Tensor)
+    if ragged:
+        if not images or any(im.ndim != 3 or min(im.shape[-2:]) < crop for im in images):
+            raise TrainError(f"every image of a ragged bank must be (C, H, W) with H, W >= {crop}")
+        n = len(images)
+        if weights is not None:
+            if len(weights) != n or min(weights) < 0 or sum(weights) <= 0:
+                raise TrainError("weights must be one non-negative number per image")
+            probs = torch.as_tensor(weights, dtype=torch.float64)
+    elif images.ndim != 4 or min(images.shape[-2:]) < crop:
         raise TrainError(f"image bank {tuple(images.shape)} too small for {crop}px crops")
-    n, _, h, w = images.shape
+    else:
+        n = images.shape[0]
     while True:
-        idx = torch.randint(0, n, (batch_size,), generator=generator)
-        oy = torch.randint(0, h - crop + 1, (batch_size,), generator=generator)
-        ox = torch.randint(0, w - crop + 1, (batch_size,), generator=generator)
+        if ragged and weights is not None:
+            idx = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
+        else:
+            idx = torch.randint(0, n, (batch_size,), generator=generator)
+        if ragged:
+            u = torch.rand(batch_size, 2, generator=generator, dtype=torch.float64)
+        else:
+            h, w = images.shape[-2:]
+            oy = torch.randint(0, h - crop + 1, (batch_size,), generator=generator)
+            ox = torch.randint(0, w - crop + 1, (batch_size,), generator=generator)
         flips = torch.rand(batch_size, 3, generator=generator) < 0.5
         out = []
         for i in range(batch_size):
-            patch = images[idx[i], :, oy[i] : oy[i] + crop, ox[i] : ox[i] + crop]
+            img = images[idx[i]]
+            if ragged:  # offsets uniform over each image's own valid range
+                h, w = img.shape[-2:]
+                y = int(u[i, 0] * (h - crop + 1))
+                x = int(u[i, 1] * (w - crop + 1))
+            else:
+                y, x = int(oy[i]), int(ox[i])
+            patch = img[:, y : y + crop, x : x + crop]
             if flips[i, 0]:
                 patch = patch.flip(-1)
             if flips[i, 1]:

@@ -243,3 +243,61 @@ def test_lr_schedule_warmup_constant_cosine_decay() -> None:
         [lr_at(s, cfg) for s in range(60, 100)], reverse=True)
     with pytest.raises(TrainError):
         TrainConfig(steps=10, decay_steps=11)
+
+
+def test_crop_batches_ragged_bank_weights_and_offsets() -> None:
+    """A list of differently sized images: crops come from inside each image, a zero-weight
+    image is never drawn, and the stream is reproducible from the generator."""
+    big = torch.zeros(1, 40, 30, dtype=torch.uint8)
+    big[0, :, :] = torch.arange(30, dtype=torch.uint8)[None, :]  # column index as value
+    small = torch.full((1, 12, 12), 255, dtype=torch.uint8)
+    never = torch.full((1, 16, 16), 128, dtype=torch.uint8)
+    bank = [big, small, never]
+    it = crop_batches(bank, 256, 12, torch.Generator().manual_seed(3), weights=[0.5, 0.5, 0.0])
+    batch = next(it)
+    assert batch.shape == (256, 1, 12, 12)
+    raw = ((batch + 1) * 127.5).round()
+    assert not (raw == 128).any()  # the zero-weight image never appears
+    from_small = (raw == 255).all(dim=(1, 2, 3))
+    assert 80 < int(from_small.sum()) < 176  # ~ half of the crops
+    starts = {int(r[0, 0].min()) for r in raw[~from_small]}
+    assert min(starts) == 0 and max(starts) == 30 - 12  # offsets span the whole valid range
+    again = next(crop_batches(bank, 256, 12, torch.Generator().manual_seed(3),
+                              weights=[0.5, 0.5, 0.0]))
+    torch.testing.assert_close(batch, again, atol=0, rtol=0)
+    with pytest.raises(TrainError):
+        next(crop_batches([big, small], 2, 13, torch.Generator()))
+    with pytest.raises(TrainError):
+        next(crop_batches(bank, 2, 12, torch.Generator(), weights=[1.0, 0.0]))
+
+
+def test_mixed_sources_warm_start_keeps_parent_weights(tmp_path: Path) -> None:
+    """`data.sources` (scene + native renders) trains; `--init-from` a parent export starts
+    from exactly its weights (0 steps -> the same EMA export) and records its provenance."""
+    cache = tmp_path / "cache"
+    parent = tmp_path / "parent"
+    assert _run(_image_config(tmp_path), "image", parent, cache) == 0
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text(
+        "prior: image\n"
+        "net: {channels: 3, base: 8, mults: [1, 2], num_res_blocks: 1}\n"
+        + CLD_YAML
+        + "data:\n  crop: 32\n  sources:\n"
+        "    - {kind: scene, n_products: 2, render_size: 40, seed: 0, weight: 0.5}\n"
+        "    - {kind: native, n_renders: 2, seed: 200000, size: 72, weight: 0.5}\n"
+        "train: {steps: 2, batch_size: 2, warmup_steps: 1, checkpoint_every: 1, log_every: 1}\n"
+    )
+    child = tmp_path / "child"
+    assert _run(cfg, "image", child, cache, "--init-from",
+                str(parent / "image.safetensors"), "--steps", "0") == 0
+    assert len(list(cache.glob("native-*.npz"))) == 1
+    p = load_prior((parent / "image.safetensors").read_bytes(), (parent / "image.json").read_bytes())
+    c = load_prior((child / "image.safetensors").read_bytes(), (child / "image.json").read_bytes())
+    assert c.version == p.version  # identical weights
+    assert c.meta["init_from"]["version"] == p.version and c.meta["init_from"]["steps"] == 2
+    assert _run(cfg, "image", child, cache) == 0  # resumes (init ignored), trains 2 steps
+    c2 = load_prior((child / "image.safetensors").read_bytes(), (child / "image.json").read_bytes())
+    assert c2.meta["steps"] == 2 and c2.version != p.version
+    assert c2.meta["init_from"]["version"] == p.version
+    with pytest.raises(TrainCLIError):
+        _run(cfg, "image", tmp_path / "x", cache, "--init-from", str(tmp_path / "none.safetensors"))
