@@ -330,6 +330,8 @@ class ActorPool:
             "num_cpus": cluster.num_cpus, "num_gpus": cluster.num_gpus,
             "max_restarts": MAX_RESTARTS, "max_task_retries": 0,  # resubmission is explicit (fan_out)
         }
+        if cluster.resources:  # placement by custom resource: only nodes that offer it get actors
+            options["resources"] = dict(cluster.resources)
         if local:
             options["runtime_env"] = {"env_vars": _local_env()}
         self._cls = ray.remote(RestoreWorker).options(**options)

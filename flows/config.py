@@ -39,6 +39,10 @@ class ClusterSettings(Frozen):
     num_cpus: float = Field(1.0, gt=0)
     max_in_flight: int = Field(4, ge=1, description="batches submitted but not yet returned")
     address: str | None = Field(None, description="Ray cluster address; RAY_ADDRESS wins when set")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each actor requests, e.g. {restore_worker: 1}: actors then run "
+        "only on nodes started with that resource (ray start --resources, a KubeRay worker group)")
 
 
 class ScheduleSettings(Frozen):
