@@ -49,7 +49,7 @@ _FORWARDED_ENV = ("AWS_", "BOTO_")
 REPORT_COLUMNS = (
     "key", "id", "status", "reason", "detail", "psnr", "ssim", "kernel_mse", "kernel_ncc", "residual",
     "sharpness_gain", "kernel_extent", "nfe", "seconds", "width", "height", "restored_key", "kernel_key",
-    "kernel_png_key",
+    "kernel_png_key", "psnr_in", "ssim_in",
 )
 NAN = float("nan")
 QUARANTINE_FIELD = "quarantine_reason"  # extra ledger field: the frame's content was unusable
@@ -219,7 +219,7 @@ class RestoreWorker:
             sharpness_gain=float(out.sharpness_gain), kernel_extent=float(out.kernel_extent),
             nfe=int(out.nfe), seconds=float(out.seconds), width=w, height=h,
             restored_key=rkey, kernel_key=kkey, kernel_png_key=kpng,
-            **truth_metrics(out.restored, out.kernel, item.sharp, item.kernel),
+            **truth_metrics(out.restored, out.kernel, item.sharp, item.kernel, observed=item.image),
         )
 
 
@@ -242,17 +242,21 @@ def write_quarantine_entry(dest: Any, ref: FrameRef, reason: str, *, config_hash
 
 
 def truth_metrics(restored: np.ndarray, kernel: np.ndarray, sharp: np.ndarray | None,
-                  true_kernel: np.ndarray | None) -> dict[str, float]:
+                  true_kernel: np.ndarray | None, observed: np.ndarray | None = None) -> dict[str, float]:
     """psnr/ssim against the sharp truth ([0, 1] RGB) and kernel_mse/kernel_ncc against the true
-    kernel (docs/design.md §7); NaN where there is no truth."""
+    kernel (docs/design.md §7); ``psnr_in``/``ssim_in``: the same for the ``observed`` input, so the
+    report shows whether restoration helped. NaN where there is no truth."""
     from restoration import metrics
 
-    out = {"psnr": NAN, "ssim": NAN, "kernel_mse": NAN, "kernel_ncc": NAN}
+    out = {"psnr": NAN, "ssim": NAN, "kernel_mse": NAN, "kernel_ncc": NAN, "psnr_in": NAN, "ssim_in": NAN}
     if sharp is not None:
-        x = np.moveaxis(restored.astype(np.float64) / 255.0, -1, 0)[None]
         ref = np.moveaxis(sharp.astype(np.float64) / 255.0, -1, 0)[None]
-        out["psnr"] = float(metrics.psnr(x, ref)[0])
-        out["ssim"] = float(metrics.ssim(x, ref)[0])
+        for suffix, image in (("", restored), ("_in", observed)):
+            if image is None:
+                continue
+            x = np.moveaxis(image.astype(np.float64) / 255.0, -1, 0)[None]
+            out[f"psnr{suffix}"] = float(metrics.psnr(x, ref)[0])
+            out[f"ssim{suffix}"] = float(metrics.ssim(x, ref)[0])
     if true_kernel is not None:
         out["kernel_mse"] = float(metrics.kernel_mse(kernel[None, None], true_kernel[None, None])[0])
         out["kernel_ncc"] = float(metrics.kernel_ncc(kernel[None, None], true_kernel[None, None])[0])

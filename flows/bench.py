@@ -642,14 +642,15 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/bench/results", help="folder/URI for results.*")
     p.add_argument("--config", default="default", help="pipeline config (restoration settings)")
     p.add_argument("--steps", type=int, help="override the CVSA sampler steps")
-    p.add_argument("--frames-per-suite", type=int, default=BenchSpec.frames_per_suite)
-    p.add_argument("--size", type=int, default=BenchSpec.size)
-    p.add_argument("--suites", default=",".join(SUITES))
+    p.add_argument("--frames-per-suite", type=int, default=BenchSpec.frames_per_suite,
+                   help="frames per suite")
+    p.add_argument("--size", type=int, default=BenchSpec.size, help="side of the square frames")
+    p.add_argument("--suites", default=",".join(SUITES), help="comma-separated suites")
     p.add_argument("--fonts", default=DEFAULT_FONT_GLOB, help="glob of TrueType fonts")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--generate-only", action="store_true", help="write the set and stop")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from flows.upload_events import Emitter, FrameUpload, is_frame_key
+from flows.daemon import Backoff
+from flows.errors import UserError
+from flows.upload_events import Emitter, EventEmitError, FrameUpload, is_frame_key
 from storage.errors import InvalidKeyError
 from storage.keys import validate_key
 from storage.s3 import parse_s3_uri
@@ -140,6 +142,26 @@ def bridge_once(
     return len(handled), len(uploads)
 
 
+MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+def check_queue(sqs: Any, queue_url: str) -> None:
+    """Raise :class:`flows.errors.UserError` (one line, exit 2) when the queue does not exist or
+    cannot be read; other failures (network, throttling) are left to the polling loop's backoff."""
+    from botocore.exceptions import ClientError
+
+    try:
+        sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in MISSING_QUEUE_CODES:
+            raise UserError(f"SQS queue {queue_url} does not exist — create it (docs/pipeline.md, "
+                            "'Wiring a real bucket') or fix --queue-url / --region") from None
+        if code in {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch"}:
+            raise UserError(f"SQS queue {queue_url}: {code} — the credentials need sqs:GetQueueAttributes, "
+                            "sqs:ReceiveMessage and sqs:DeleteMessage on it") from None
+
+
 def bridge(
     sqs: Any,
     queue_url: str,
@@ -149,13 +171,29 @@ def bridge(
     wait_s: int = DEFAULT_WAIT_S,
     once: bool = False,
     stop: threading.Event | None = None,
+    max_backoff_s: float = 60.0,
 ) -> int:
-    """Long-poll until ``stop`` is set (or one poll with ``once``); return the events sent."""
+    """Long-poll until ``stop`` is set (or one poll with ``once``); return the events sent.
+
+    A poll that fails (SQS or the Prefect API unreachable, the queue gone) is retried with
+    backoff up to ``max_backoff_s``, one log line per outage; messages are deleted only after
+    their events were sent, so nothing is lost meanwhile."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     stop = stop or threading.Event()
     total = 0
+    backoff = Backoff(f"SQS bridge {queue_url}", log, initial=min(1.0, max_backoff_s), maximum=max_backoff_s)
     log.info("bridging %s -> %s events for %s", queue_url, "checkout.frame.uploaded", source_uri)
     while not stop.is_set():
-        handled, sent = bridge_once(sqs, queue_url, source_uri, emit, wait_s=wait_s)
+        try:
+            handled, sent = bridge_once(sqs, queue_url, source_uri, emit, wait_s=wait_s)
+        except (ClientError, BotoCoreError, EventEmitError, ConnectionError, TimeoutError) as exc:
+            if once:
+                raise
+            if stop.wait(backoff.failed(exc)):
+                break
+            continue
+        backoff.succeeded()
         total += sent
         if handled:
             log.info("%d messages handled, %d events sent", handled, sent)

@@ -1,14 +1,35 @@
-"""Pipeline configuration: YAML in configs/, loaded once at the edge into frozen pydantic models."""
+"""Pipeline configuration: typed settings, validated once at the edge.
+
+The pydantic models below are the one place where defaults live; a YAML file in ``configs/``
+overrides only what differs. Enums are ``Literal`` types and incompatible combinations are
+rejected by validators, so a typo (``kernel_init: bogus``) fails when the config is loaded —
+with the file name and line — before any server, folder or cluster starts.
+
+``--config REF`` resolves, in this order: a path to a YAML file, ``./configs/REF.yaml`` in the
+working directory, the packaged ``configs/REF.yaml``. Only pipeline configs are listed when a
+name is unknown (the training configs of ``checkout-restore train`` are a different schema).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from importlib import resources
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["proximal", "paper"]
+KernelInit = Literal["prior", "classical", "classical-fixed"]
+WEBHOOK_ENV = "CHECKOUT_RESTORE_WEBHOOK_URL"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be found, parsed or validated; the message is one line naming the file."""
 
 
 class Frozen(BaseModel):
@@ -16,27 +37,53 @@ class Frozen(BaseModel):
 
 
 class RestorationSettings(Frozen):
-    """Numbers handed to the blind sampler (restoration/ never sees this object)."""
+    """Numbers handed to the blind sampler (restoration/ never sees this object).
+
+    Every field except those in :attr:`PIXEL_NEUTRAL` changes the restored pixels and so enters
+    :meth:`PipelineConfig.config_hash` (the ledger's idempotency key).
+    """
+
+    # per-sample restoration: batch mates never change a frame's pixels
+    PIXEL_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
     working_size: int = Field(128, ge=16, description="longest side restored; frames are resized to it")
-    kernel_size: int = Field(31, ge=3, description="odd side of the estimated blur kernel")
-    steps: int = Field(100, ge=1)
-    noise_sigma: float = Field(0.02, gt=0, description="assumed noise std on the [0, 1] scale")
-    method: str = Field("proximal", description="blind sampler variant: 'proximal' or 'paper'")
+    kernel_size: int = Field(31, ge=3, description="odd side of the estimated blur kernel, px")
+    steps: int = Field(30, ge=1, description="reverse-diffusion steps of the sampler")
+    noise_sigma: float = Field(0.02, gt=0, le=0.5,
+                               description="assumed noise std of the input on the [0, 1] intensity scale")
+    method: Method = Field("proximal", description="blind sampler variant")
     image_guidance: float = Field(1.0, ge=0, description="proximal: share of the data-consistent image step")
     kernel_guidance: float = Field(0.5, ge=0, description="proximal: blend of the kernel update into k0_hat")
     prox_strength: float = Field(1.0, gt=0, description="lambda in rho_t = lambda sigma^2 / Var(x0 | u_t)")
     renoise: float = Field(1.0, ge=0, le=1, description="proximal: fresh-noise share of the CLD renoise step")
-    kernel_init: str = Field("classical-fixed", description="'prior', 'classical', 'classical-fixed'")
+    kernel_init: KernelInit = Field("classical-fixed", description="where the kernel estimate starts")
     kernel_t_start: float = Field(0.0, ge=0, le=1, description="least-squares kernel refinement below this t")
     batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
     bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")
 
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd (the kernel has a centre pixel), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _compatible(self) -> RestorationSettings:
+        if self.kernel_size >= self.working_size:
+            raise ValueError(f"kernel_size {self.kernel_size} must be smaller than working_size "
+                             f"{self.working_size}")
+        return self
+
+    def pixel_settings(self) -> dict[str, Any]:
+        """The settings that change restored pixels (everything but :attr:`PIXEL_NEUTRAL`)."""
+        return self.model_dump(exclude=set(self.PIXEL_NEUTRAL))
+
 
 class ClusterSettings(Frozen):
-    actors: int = Field(2, ge=1)
+    actors: int = Field(2, ge=1, description="Ray actors (one per GPU in production)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 in production)")
-    num_cpus: float = Field(1.0, gt=0)
+    num_cpus: float = Field(1.0, gt=0, description="CPU cores per actor (decoding, CPU restoration)")
     max_in_flight: int = Field(4, ge=1, description="batches submitted but not yet returned")
     address: str | None = Field(None, description="Ray cluster address; RAY_ADDRESS wins when set")
     resources: dict[str, float] = Field(
@@ -46,9 +93,59 @@ class ClusterSettings(Frozen):
 
 
 class ScheduleSettings(Frozen):
-    cron: str = "0 2 * * *"
-    timezone: str = "UTC"
-    upload_debounce_seconds: int = Field(30, ge=0)
+    cron: str = Field("0 2 * * *", description="nightly run, 5-field cron expression")
+    timezone: str = Field("UTC", description="IANA time zone of the cron expression")
+    upload_debounce_seconds: int = Field(30, ge=0, description="one run per burst of uploads")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        if len(v.split()) != 5:
+            raise ValueError(f"cron needs 5 fields (minute hour day month weekday), got {v!r}")
+        try:
+            CronSim(v, datetime(2026, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(f"invalid cron expression {v!r}: {exc}") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from None
+        return v
+
+
+class ReportSettings(Frozen):
+    keep_runs: int | None = Field(None, ge=1, description="keep the newest N run reports (None: keep all)")
+    index_page_size: int = Field(50, ge=1, description="runs per page of reports/index.html")
+    max_frames: int = Field(200, ge=0, description="worst frames with pictures on a run page")
+    progress_every: int = Field(100, ge=1, description="log a progress line every N frames (no terminal)")
+    dashboard_url: str | None = Field(None, description="http(s) URL of `checkout-restore dashboard`; "
+                                      "the Prefect link artifact points there")
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v if v is None or v.endswith("/") else v + "/"
+
+
+class AlertSettings(Frozen):
+    max_quarantine_rate: float | None = Field(
+        0.5, ge=0, le=1, description="quarantined / processed frames above this ends the run as "
+        "failed_quality (after every frame is processed); None disables the gate")
+    webhook_env: str = Field(WEBHOOK_ENV, pattern=r"^[A-Z_][A-Z0-9_]*$",
+                             description="environment variable holding the webhook URL (never the URL)")
 
 
 class PipelineConfig(Frozen):
@@ -56,27 +153,119 @@ class PipelineConfig(Frozen):
     restoration: RestorationSettings = RestorationSettings()
     cluster: ClusterSettings = ClusterSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    reports: ReportSettings = ReportSettings()
+    alerts: AlertSettings = AlertSettings()
+    source_path: str | None = Field(None, exclude=True, description="file the config came from")
 
     def config_hash(self) -> str:
-        """Stable hash of everything that changes outputs (restoration settings only)."""
-        canon = json.dumps(self.restoration.model_dump(), sort_keys=True, separators=(",", ":"))
+        """Stable hash of what changes restored pixels: the restoration settings minus the
+        pixel-neutral ones (batch size). Cluster, schedule, report and alert settings never enter
+        it, so changing them leaves every frame up to date."""
+        canon = json.dumps(self.restoration.pixel_settings(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-def load_config(name_or_path: str = "default") -> PipelineConfig:
-    """Load `configs/<name>.yaml` (packaged) or a YAML file path."""
-    path = Path(name_or_path)
-    if path.suffix in {".yaml", ".yml"} and path.exists():
-        text = path.read_text()
-        name = path.stem
-    else:
-        res = resources.files("configs") / f"{name_or_path}.yaml"
-        if not res.is_file():
-            names = (p.name for p in resources.files("configs").iterdir())
-            available = sorted(n[:-5] for n in names if n.endswith(".yaml"))
-            raise FileNotFoundError(f"no config {name_or_path!r}; available: {available}")
-        text = res.read_text()
-        name = name_or_path
-    data = yaml.safe_load(text) or {}
+PIPELINE_SECTIONS = frozenset(PipelineConfig.model_fields) - {"source_path"}
+
+
+def _is_pipeline_yaml(text: str) -> bool:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return True  # broken, but not recognisably something else: let loading say what is wrong
+    return data is None or (isinstance(data, dict) and set(data) <= PIPELINE_SECTIONS)
+
+
+def available_configs() -> list[str]:
+    """Pipeline config names: ``./configs/*.yaml`` and the packaged ones (training configs left out)."""
+    found: dict[str, str] = {}
+    local = Path("configs")
+    if local.is_dir():
+        for p in local.glob("*.y*ml"):
+            found.setdefault(p.stem, p.read_text())
+    for res in resources.files("configs").iterdir():
+        if res.name.endswith(".yaml"):
+            found.setdefault(res.name[:-5], res.read_text())
+    return sorted(n for n, text in found.items() if _is_pipeline_yaml(text))
+
+
+def resolve_config(ref: str) -> tuple[str, str, str]:
+    """``(name, yaml text, origin)`` for ``--config REF``: a file path, then ``./configs/REF.yaml``,
+    then the packaged ``configs/REF.yaml``."""
+    path = Path(ref)
+    looks_like_path = path.suffix in {".yaml", ".yml"} or os.sep in ref or "/" in ref
+    if looks_like_path or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file {ref} not found (give a YAML path or one of: "
+                              f"{', '.join(available_configs())})")
+        return path.stem, _read(path), str(path)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", ref):
+        raise ConfigError(f"invalid config name {ref!r}")
+    for local in (Path("configs") / f"{ref}.yaml", Path("configs") / f"{ref}.yml"):
+        if local.is_file():
+            return ref, _read(local), str(local)
+    res = resources.files("configs") / f"{ref}.yaml"
+    if res.is_file():
+        return ref, res.read_text(), f"configs/{ref}.yaml (packaged)"
+    raise ConfigError(f"no config {ref!r} (looked for a file, ./configs/{ref}.yaml and the packaged "
+                      "configs); "
+                      f"available: {', '.join(available_configs())}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value
+                      if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+        if match is None:
+            break
+        line = match[0].start_mark.line + 1
+        node = match[1]
+    return line
+
+
+def parse_config(text: str, name: str, origin: str) -> PipelineConfig:
+    """Validate YAML ``text``; every problem becomes one :class:`ConfigError` line with file:line."""
+    try:
+        data = yaml.safe_load(text) or {}
+        root = yaml.compose(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark else origin
+        raise ConfigError(f"config {where}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {origin}: YAML error: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {origin}: top level must be a mapping of sections "
+                          f"({', '.join(sorted(PIPELINE_SECTIONS))})")
     data.setdefault("name", name)
-    return PipelineConfig.model_validate(data)
+    try:
+        return PipelineConfig.model_validate({**data, "source_path": origin})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = _line_of(root, loc)
+            where = f"{origin}:{line}" if line else origin
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            shown = err["type"] not in {"missing", "value_error"} and not isinstance(err.get("input"), dict)
+            got = f" (got {err['input']!r})" if shown else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {field}: {msg}{got}")
+        raise ConfigError("invalid config " + "; ".join(problems)) from None
+
+
+def load_config(name_or_path: str = "default") -> PipelineConfig:
+    """Resolve (:func:`resolve_config`) and validate a config; :class:`ConfigError` on any problem."""
+    name, text, origin = resolve_config(name_or_path)
+    return parse_config(text, name, origin)

@@ -3,10 +3,12 @@
 Every request maps to a key under ``reports/`` and is read through the destination's
 :class:`storage.base.ObjectStore`, so a local folder and an S3 prefix are served the same way
 (for a local store that is a plain file read; for S3 a proxied GET with the store's credentials,
-which never reach the browser). Only ``reports/`` is reachable; the path is validated with the
-storage key rules (no ``..``, no empty segment, no backslash, no control character), so nothing
-outside it can be requested. Read-only: the store is opened with ``read_only=True``, and only
-GET and HEAD are answered.
+which never reach the browser). Reachable: ``reports/``, the outputs ``restored/`` and
+``kernels/`` (the full-size "after" pictures), and, as ``/<run-id>/input/<key>``, the run's input
+frames and masks from its source store (named in that run's ``summary.json``, opened read-only).
+The ledger and anything else are not served. Paths are validated with the storage key rules (no
+``..``, no empty segment, no backslash, no control character). Read-only: the stores are opened
+with ``read_only=True``, and only GET and HEAD are answered.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from urllib.parse import unquote
 
 from storage.base import ObjectStore
 from storage.errors import InvalidKeyError, ObjectNotFoundError, ObjectTooLargeError, StorageError
-from storage.keys import REPORTS_PREFIX, validate_key
+from storage.keys import KERNELS_PREFIX, REPORTS_PREFIX, RESTORED_PREFIX, RUN_ID_RE, validate_key
 
 DEFAULT_PORT = 8765
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (apt-get install -y chromium)
@@ -67,6 +69,30 @@ def key_for_path(path: str) -> str:
     return validate_key(REPORTS_PREFIX + validate_key(rel))
 
 
+OUTPUT_PREFIXES = (RESTORED_PREFIX, KERNELS_PREFIX)  # served from the destination as they are
+INPUT_SEGMENT = "input"
+
+
+def route(path: str) -> tuple[str, str, str | None]:
+    """``(where, key, run_id)`` for an URL path: ``("dest", "reports/...", None)`` for report files,
+    ``("dest", "restored/x.png", None)`` for outputs, ``("input", "<source key>", run_id)`` for
+    ``/<run-id>/input/<key>``. Raises :class:`InvalidKeyError` for anything else invalid."""
+    key = key_for_path(path)
+    rel = key[len(REPORTS_PREFIX):]
+    if rel.startswith(OUTPUT_PREFIXES):
+        return "dest", rel, None
+    run_id, _, rest = rel.partition("/")
+    if RUN_ID_RE.match(run_id) and rest.startswith(INPUT_SEGMENT + "/"):
+        from storage.sidecars import classify
+
+        source_key = validate_key(rest[len(INPUT_SEGMENT) + 1:])
+        found = classify(source_key)
+        if found is None or found[0] == "kernel":
+            raise InvalidKeyError(source_key, "only frames and their masks/truth images are served")
+        return "input", source_key, run_id
+    return "dest", key, None
+
+
 class ReportsHandler(BaseHTTPRequestHandler):
     """GET/HEAD of ``reports/`` objects from ``self.server.store`` (a :class:`ReportsServer`)."""
 
@@ -80,18 +106,18 @@ class ReportsHandler(BaseHTTPRequestHandler):
         self._serve(body=False)
 
     def _serve(self, *, body: bool) -> None:
-        store = self.server.store
         try:
-            key = key_for_path(self.path)
+            where, key, run_id = route(self.path)
         except (InvalidKeyError, UnicodeDecodeError):
             self._error(HTTPStatus.BAD_REQUEST, "invalid path", body)
             return
         try:
+            store = self.server.store if run_id is None else self.server.source_for(run_id)
             data = store.get(key, max_bytes=MAX_OBJECT_BYTES)
         except ObjectNotFoundError:
             # "/<run-id>" -> "/<run-id>/" so that the page's relative links resolve.
             folder = self.path.split("?", 1)[0].split("#", 1)[0]
-            if not folder.endswith("/") and store.exists(key + "/index.html"):
+            if where == "dest" and not folder.endswith("/") and store.exists(key + "/index.html"):
                 self.send_response(HTTPStatus.MOVED_PERMANENTLY)
                 self.send_header("Location", folder + "/")
                 self.send_header("Content-Length", "0")
@@ -142,7 +168,24 @@ class ReportsServer(ThreadingHTTPServer):
             raise ValueError(f"port {port} out of range 0..65535")
         self.store = store
         self.quiet = quiet
+        self._sources: dict[str, ObjectStore] = {}
+        self._lock = threading.Lock()
         super().__init__((HOST, port), ReportsHandler)
+
+    def source_for(self, run_id: str) -> ObjectStore:
+        """The run's source store (from its ``summary.json``), opened read-only, cached per URI."""
+        import json
+
+        from storage.stores import open_store
+
+        try:
+            uri = json.loads(self.store.get(f"{REPORTS_PREFIX}{run_id}/summary.json"))["source"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ObjectNotFoundError(self.store.uri, f"{REPORTS_PREFIX}{run_id}/summary.json") from exc
+        with self._lock:
+            if uri not in self._sources:
+                self._sources[uri] = open_store(uri, read_only=True)
+            return self._sources[uri]
 
     @property
     def url(self) -> str:

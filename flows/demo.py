@@ -30,9 +30,9 @@ def write_inbox(inbox: Path, frames_per_suite: int, size: int) -> int:
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="restore a synthetic local inbox end to end (embedded default)")
     p.add_argument("--dir", type=Path, default=Path("runs/demo"), help="inbox/ and out/ go here")
-    p.add_argument("--frames-per-suite", type=int, default=2)
+    p.add_argument("--frames-per-suite", type=int, default=2, help="synthetic frames per degradation")
     p.add_argument("--size", type=int, default=96, help="side of the synthetic frames")
-    p.add_argument("--config", default="default")
+    p.add_argument("--config", default="default", help="pipeline config name or YAML path")
     p.set_defaults(func=demo_main)
     return p
 

@@ -21,11 +21,14 @@ that do not load, Ray unreachable) do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,13 +56,15 @@ from flows.actors import (
     fan_out,
     report_row,
 )
-from flows.config import PipelineConfig, load_config
+from flows.config import PipelineConfig, ReportSettings, load_config
+from flows.errors import is_transient
+from flows.notify import notify
 from storage.base import ObjectStore, stores_overlap
 from storage.errors import ObjectNotFoundError, OverlappingStoresError, StoreAccessError
 from storage.keys import ledger_key, output_keys
 from storage.ledger import LedgerEntry
-from storage.reports import new_run_id, write_frames_report, write_summary
-from storage.sidecars import FrameRef, discover
+from storage.reports import new_run_id, prune_runs, write_frames_report, write_summary
+from storage.sidecars import IMAGE_EXTENSIONS, FrameRef, discover
 from storage.stores import open_store
 
 FLOW_NAME = "restore-frames"
@@ -67,6 +72,7 @@ LOOKUP_WORKERS = 8
 TABLE_ARTIFACT_ROWS = 500  # the full table is frames.csv / frames.parquet
 ARTIFACT_PREFIX = "restore-frames"
 MEAN_COLUMNS = ("residual", "psnr", "ssim", "kernel_mse", "kernel_ncc", "sharpness_gain")
+FALLBACK_ENV = "CHECKOUT_RESTORE_FALLBACK_DIR"  # where a failed run's report goes when dest is unreachable
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,14 @@ def read_entry(dest: ObjectStore, frame_id: str) -> tuple[LedgerEntry | None, st
 class Discovery:
     candidates: list[Candidate]
     invalid: list[tuple[str, str]]  # (key, problem) for keys that break the key rules
+    unsupported: list[str] = field(default_factory=list)  # neither a frame nor a sidecar (.bmp, .tiff...)
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what a retry can fix: backend/network failures, not bad input or config."""
+    """Retry only what a retry can fix: backend/network failures, not bad input, config, a missing
+    bucket or credentials (``flows.errors.is_permanent``)."""
     exc = state.result(raise_on_failure=False)
-    return isinstance(exc, StoreAccessError | ConnectionError | TimeoutError)
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 IO_TASK = {"retries": 3, "retry_delay_seconds": [1, 5, 20], "retry_condition_fn": _transient,
@@ -114,6 +122,7 @@ def discover_frames(source_uri: str, dest_uri: str) -> Discovery:
     """Every frame under the source with its current ETag and ledger entry (discovery order)."""
     source, dest = open_store(source_uri, read_only=True), open_store(dest_uri)
     invalid: list[tuple[str, str]] = []
+    unsupported: list[str] = []
 
     def look_up(ref: FrameRef) -> Candidate | None:
         try:
@@ -123,10 +132,11 @@ def discover_frames(source_uri: str, dest_uri: str) -> Discovery:
         entry, reason = read_entry(dest, ref.id)
         return Candidate(ref=replace(ref, etag=etag), entry=entry, quarantined=reason)
 
-    refs = discover(source, on_invalid=lambda key, problem: invalid.append((key, problem)))
+    refs = discover(source, on_invalid=lambda key, problem: invalid.append((key, problem)),
+                    on_other=unsupported.append)
     with ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="discover") as pool:
         found = [c for c in pool.map(look_up, refs) if c is not None]
-    return Discovery(candidates=found, invalid=invalid)
+    return Discovery(candidates=found, invalid=invalid, unsupported=unsupported)
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,11 @@ def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int 
     for key, problem in found.invalid:
         rows.append(report_row(FrameRef(key=key, id=key), "quarantined", reason="invalid_key",
                                detail=problem))
+    supported = ", ".join(IMAGE_EXTENSIONS)
+    for key in found.unsupported:
+        ext = os.path.splitext(key)[1].lower() or "(no extension)"
+        rows.append(report_row(FrameRef(key=key, id=key), "skipped", reason="unsupported_format",
+                               detail=f"{ext} is not restored; supported frame formats: {supported}"))
     for cand in found.candidates:
         ref = cand.ref
         for dup in ref.duplicates:
@@ -168,38 +183,65 @@ def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int 
 
 @task(name="restore-batches", cache_policy=NO_CACHE)
 def restore_batches(pool: ActorPool, refs: list[FrameRef], batch_size: int, max_in_flight: int,
-                    progress_id: Any) -> tuple[list[dict], int]:
-    """Fan the frames out to the actors; log progress and update the progress artifact per batch."""
+                    progress_id: Any, progress_every: int = 100) -> tuple[list[dict], int]:
+    """Fan the frames out to the actors. On a terminal: a tqdm progress bar; otherwise (a
+    deployment, a log file) one compact line every ``progress_every`` frames and at the end.
+    The progress artifact moves with every batch."""
+    from tqdm import tqdm
+
     logger = get_run_logger()
     batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
     logger.info("restoring %d frames in %d batches on %d actors", len(refs), len(batches), len(pool.actors))
+    bar = tqdm(total=len(refs), unit="frame", desc="restoring", file=sys.stderr, dynamic_ncols=True) \
+        if sys.stderr.isatty() else None
+    logged = [0]
 
     def on_batch(done: BatchDone) -> None:
         for row in done.rows:
             if row["status"] == "quarantined":
                 logger.warning("quarantined %s: %s (%s)", row["key"], row["reason"], row["detail"])
         rate = done.frames_done / done.elapsed_s if done.elapsed_s > 0 else float("nan")
-        logger.info("batch %d/%d done: %d/%d frames (%.2f frames/s, %d resubmitted)", done.batches_done,
-                    done.batches_total, done.frames_done, done.frames_total, rate, done.resubmitted)
+        if bar is not None:
+            bar.update(done.frames_done - bar.n)
+            bar.set_postfix(resubmitted=done.resubmitted, refresh=False)
+        elif done.frames_done - logged[0] >= progress_every or done.frames_done == done.frames_total:
+            logged[0] = done.frames_done
+            logger.info("%d/%d frames (%.0f%%), %.2f frames/s, %d batches resubmitted", done.frames_done,
+                        done.frames_total, 100.0 * done.frames_done / done.frames_total, rate,
+                        done.resubmitted)
         if progress_id is not None:
             update_progress_artifact(progress_id, progress=100.0 * done.frames_done / done.frames_total)
 
-    return fan_out(pool, batches, max_in_flight=max_in_flight, on_batch=on_batch, logger=logger)
+    try:
+        return fan_out(pool, batches, max_in_flight=max_in_flight, on_batch=on_batch, logger=logger)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def summarize(rows: Sequence[dict], **fields: Any) -> dict[str, Any]:
-    """summary.json: counts by status and the means of the restored frames' metrics (None if none)."""
+    """summary.json: counts by status, reasons, the quarantine rate (quarantined / processed) and the
+    means of the restored frames' metrics (None if none), plus every other numeric column's mean
+    (e.g. ``psnr_in`` or ``codes_in`` / ``codes_out`` where the rows have them)."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("restored", "skipped", "quarantined")}
     counts["total"] = len(rows)
     means: dict[str, float | None] = {}
-    for col in MEAN_COLUMNS:
-        vals = [float(r[col]) for r in rows if r["status"] == "restored" and _finite(r.get(col))]
+    restored = [r for r in rows if r["status"] == "restored"]
+    extra = sorted({c for r in restored for c, v in r.items() if _finite(v) and not isinstance(v, bool)}
+                   - set(MEAN_COLUMNS) - {"nfe", "width", "height"})
+    for col in (*MEAN_COLUMNS, *extra):
+        vals = [float(r[col]) for r in restored if _finite(r.get(col))]
         means[col] = sum(vals) / len(vals) if vals else None
     reasons: dict[str, int] = {}
+    skips: dict[str, int] = {}
     for r in rows:
         if r["status"] == "quarantined":
             reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    return {**fields, "counts": counts, "means": means, "quarantine_reasons": reasons}
+        elif r["status"] == "skipped":
+            skips[r["reason"]] = skips.get(r["reason"], 0) + 1
+    processed = counts["restored"] + counts["quarantined"]
+    return {**fields, "counts": counts, "means": means, "quarantine_reasons": reasons, "skip_reasons": skips,
+            "quarantine_rate": counts["quarantined"] / processed if processed else None}
 
 
 def _finite(value: Any) -> bool:
@@ -208,26 +250,78 @@ def _finite(value: Any) -> bool:
 
 @task(name="write-report", **IO_TASK)
 def write_report(source_uri: str, dest_uri: str, run_id: str, summary: dict[str, Any],
-                 rows: list[dict]) -> str:
-    """frames.parquet/csv, summary.json, then the HTML report (when the renderer is installed);
+                 rows: list[dict], settings: ReportSettings | None = None) -> str:
+    """frames.parquet/csv, summary.json, the HTML report, then retention (``reports.keep_runs``);
     returns the key of the run's main report file."""
     logger = get_run_logger()
+    settings = settings or ReportSettings()
     source, dest = open_store(source_uri, read_only=True), open_store(dest_uri)
-    write_frames_report(dest, run_id, rows, columns=REPORT_COLUMNS)
+    write_frames_report(dest, run_id, rows, columns=_columns(rows))
     summary_key = write_summary(dest, run_id, summary)
     try:
-        from storage.report_html import store_images, write_reports
-    except ImportError:
-        return summary_key
-    try:
-        return write_reports(dest, run_id, summary, rows, store_images(source, dest))
+        key = _write_html(dest, run_id, summary, rows, source, settings)
     except StoreAccessError:
         raise  # transient: retried with the whole task
     except Exception as exc:
         logger.error("HTML report for run %s failed (%s: %s); summary.json is the report", run_id,
                      type(exc).__name__, exc)
-        return write_summary(dest, run_id, {**summary, "report_key": summary_key,
-                                            "report_uri": f"{dest.uri.rstrip('/')}/{summary_key}"})
+        key = summary_key
+        write_summary(dest, run_id, {**summary, "report_key": summary_key,
+                                     "report_uri": f"{dest.uri.rstrip('/')}/{summary_key}"})
+    if settings.keep_runs is not None:
+        pruned = prune_runs(dest, settings.keep_runs, keep={run_id})
+        if pruned:
+            logger.info("retention (reports.keep_runs=%d): removed %d old report folders", settings.keep_runs,
+                        len(pruned))
+    return key
+
+
+def _columns(rows: Sequence[dict]) -> list[str]:
+    """REPORT_COLUMNS first, then any column other parts add (``psnr_in``, ``codes_in``...)."""
+    extra = dict.fromkeys(c for r in rows for c in r if c not in REPORT_COLUMNS)
+    return [*REPORT_COLUMNS, *extra]
+
+
+def _write_html(dest: ObjectStore, run_id: str, summary: dict[str, Any], rows: list[dict],
+                source: ObjectStore | None, settings: ReportSettings) -> str:
+    from storage.report_html import store_images, write_reports
+
+    images = store_images(source, dest) if source is not None else (lambda role, key: None)
+    return write_reports(dest, run_id, summary, rows, images, max_frames=settings.max_frames,
+                         page_size=settings.index_page_size)
+
+
+def fallback_dir() -> str:
+    """Local folder for failure reports when the destination is unreachable."""
+    return os.environ.get(FALLBACK_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "checkout-restore",
+                                                        "failed-runs")
+
+
+def record_failure(summary: dict[str, Any], logger: Any) -> str:
+    """Write a failed run's ``summary.json`` and report page (and refresh the index) to the
+    destination, or — when that fails — to :func:`fallback_dir`; returns the report URI."""
+    run_id = summary["run_id"]
+    targets: list[tuple[str, dict[str, Any]]] = []
+    if summary.get("dest"):
+        uri = str(summary["dest"])
+        targets.append((uri, {"max_attempts": 2} if uri.startswith("s3://") else {}))
+    targets.append((fallback_dir(), {}))
+    for i, (uri, options) in enumerate(targets):
+        try:
+            store = open_store(uri, **options)
+            key = f"reports/{run_id}/index.html"
+            body = {**summary, "report_key": key, "report_uri": f"{store.uri.rstrip('/')}/{key}"}
+            write_summary(store, run_id, body)
+            with_html = _write_html(store, run_id, body, [], None, ReportSettings())
+            summary.update(report_key=with_html, report_uri=body["report_uri"])
+            if i > 0:
+                logger.error("destination unreachable: failure report of run %s written to the local "
+                             "fallback folder %s (set %s to change it)", run_id, store.uri, FALLBACK_ENV)
+            return body["report_uri"]
+        except Exception as exc:
+            logger.warning("could not write the failure report of run %s to %s (%s: %s)", run_id, uri,
+                           type(exc).__name__, " ".join(str(exc).split())[:300])
+    return ""
 
 
 def _cell(value: Any) -> Any:
@@ -236,9 +330,16 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def dashboard_link(summary: dict[str, Any], dashboard_url: str | None) -> str | None:
+    """The http(s) address of the run's page on the dashboard (``reports.dashboard_url``)."""
+    return f"{dashboard_url}{summary['run_id']}/" if dashboard_url else None
+
+
 @task(name="publish-artifacts", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def publish_artifacts(summary: dict[str, Any], rows: list[dict]) -> None:
-    """Table of frames (quarantined first, then worst residual first), markdown summary, report link."""
+def publish_artifacts(summary: dict[str, Any], rows: list[dict], dashboard_url: str | None = None) -> None:
+    """Table of frames (quarantined first, then worst residual first), markdown summary, and the
+    report: a link to the dashboard page when ``reports.dashboard_url`` is set (browsers do not
+    open file:// or s3:// links from the Prefect UI), otherwise how to open it."""
     order = {"quarantined": 0, "restored": 1, "skipped": 2}
 
     def rank(r: dict) -> tuple[int, float, str]:
@@ -253,8 +354,18 @@ def publish_artifacts(summary: dict[str, Any], rows: list[dict]) -> None:
                           "all in frames.csv)")
     create_markdown_artifact(summary_markdown(summary), key=f"{ARTIFACT_PREFIX}-summary",
                              description=f"Summary of run {summary['run_id']}")
-    create_link_artifact(summary["report_uri"], link_text=f"report of run {summary['run_id']}",
-                         key=f"{ARTIFACT_PREFIX}-report", description="HTML report of the run")
+    link = dashboard_link(summary, dashboard_url)
+    if link:
+        create_link_artifact(link, link_text=f"report of run {summary['run_id']}",
+                             key=f"{ARTIFACT_PREFIX}-report",
+                             description="HTML report of the run (dashboard)")
+    else:
+        create_markdown_artifact(
+            f"Report of run `{summary['run_id']}`: `{summary['report_uri']}`\n\nOpen it with "
+            f"`checkout-restore dashboard --dest {summary['dest']}` and "
+            f"http://127.0.0.1:8765/{summary['run_id']}/ (set `reports.dashboard_url` in the config to "
+            "get a clickable link here).", key=f"{ARTIFACT_PREFIX}-report",
+            description="HTML report of the run")
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -292,6 +403,18 @@ def expected_model_version(config: PipelineConfig, restorer_factory: RestorerFac
     return (restorer_factory or FrameRestorer)(config.restoration, "cpu").model_version
 
 
+class QualityGateError(RuntimeError):
+    """The run processed every frame and wrote its report, but quarantined more than
+    ``alerts.max_quarantine_rate`` of them: status ``failed_quality``."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__(f"quarantine rate {summary['quarantine_rate']:.2f} is over the threshold "
+                         f"{summary['max_quarantine_rate']} ({summary['counts']['quarantined']} frames "
+                         f"quarantined); report {summary['report_uri']}")
+        self.summary = summary
+        self.report_uri = summary["report_uri"]
+
+
 def run_pipeline(
     source: str,
     dest: str,
@@ -302,19 +425,55 @@ def run_pipeline(
     restorer_factory: RestorerFactory | None = None,
 ) -> dict[str, Any]:
     """The body of ``restore-frames``; call it inside a flow run. ``fault_hook`` (tests) is passed
-    to every actor; ``restorer_factory`` replaces :class:`flows.restorer.FrameRestorer`."""
+    to every actor; ``restorer_factory`` replaces :class:`flows.restorer.FrameRestorer`.
+
+    A run that fails still leaves ``reports/<run-id>/summary.json`` with ``status: failed``, the
+    error class and message (in the destination, or :func:`fallback_dir` when that is
+    unreachable) and a red row on top of the index; then the error propagates (the flow run is
+    Failed). Over the quarantine threshold the run finishes everything, then raises
+    :class:`QualityGateError` (status ``failed_quality``)."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
+    started = datetime.now(UTC)
+    facts: dict[str, Any] = {
+        "run_id": new_run_id(started), "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "started_at": started.isoformat(), "source": source, "dest": dest, "config_name": config,
+        "limit": limit, "status": "running"}
+    webhook_env = "CHECKOUT_RESTORE_WEBHOOK_URL"
+    try:
+        cfg = load_config(config)
+        webhook_env = cfg.alerts.webhook_env
+        summary = _run(cfg, facts, limit, logger, fault_hook, restorer_factory)
+    except QualityGateError:
+        raise
+    except Exception as exc:
+        summary = {**facts, "status": "failed", "finished_at": datetime.now(UTC).isoformat(),
+                   "error": {"type": type(exc).__name__, "message": " ".join(str(exc).split())[:2000]}}
+        summary.setdefault("counts", {"restored": 0, "skipped": 0, "quarantined": 0, "total": 0})
+        logger.error("run %s failed: %s: %s", facts["run_id"], type(exc).__name__, exc)
+        uri = record_failure(summary, logger)
+        notify(summary, webhook_env, logger)
+        with contextlib.suppress(Exception):
+            exc.report_uri = uri  # type: ignore[attr-defined]  # the CLI prints it
+        raise
+    notify(summary, webhook_env, logger)
+    if summary["status"] == "failed_quality":
+        raise QualityGateError(summary)
+    return summary
+
+
+def _run(cfg: PipelineConfig, facts: dict[str, Any], limit: int | None, logger: Any,
+         fault_hook: FaultHook | None, restorer_factory: RestorerFactory | None) -> dict[str, Any]:
     if limit is not None and limit < 0:
         raise ValueError("limit must be >= 0")
-    cfg = load_config(config)
-    source_store, dest_store = open_store(source, read_only=True), open_store(dest)
+    source_store = open_store(facts["source"], read_only=True)
+    dest_store = open_store(facts["dest"])
     if stores_overlap(source_store, dest_store):
         raise OverlappingStoresError(f"source {source_store.uri} and destination {dest_store.uri} overlap")
-    run_id = new_run_id()
-    started = datetime.now(UTC)
+    run_id = facts["run_id"]
     config_hash = cfg.config_hash()
+    facts.update(source=source_store.uri, dest=dest_store.uri, config_name=cfg.name, config_hash=config_hash)
     logger.info("run %s: %s -> %s, config %s (%s)", run_id, source_store.uri, dest_store.uri, cfg.name,
                 config_hash)
     progress_id = create_progress_artifact(0.0, key=f"{ARTIFACT_PREFIX}-progress",
@@ -322,10 +481,14 @@ def run_pipeline(
 
     found = discover_frames(source_store.uri, dest_store.uri)
     model_version = expected_model_version(cfg, restorer_factory)
+    facts["model_version"] = model_version
     plan = plan_run(found, config_hash, model_version, limit)
+    if found.unsupported:
+        logger.warning("%d files skipped as unsupported_format (supported: %s), e.g. %s",
+                       len(found.unsupported), ", ".join(IMAGE_EXTENSIONS), found.unsupported[0])
     logger.info("%d frames found: %d pending, %d up to date, %d quarantined before restoration, %d deferred",
                 len(found.candidates) + len(found.invalid), len(plan.pending),
-                sum(r["status"] == "skipped" for r in plan.rows),
+                sum(r["status"] == "skipped" for r in plan.rows) - len(found.unsupported),
                 sum(r["status"] == "quarantined" for r in plan.rows), plan.deferred)
 
     rows, resubmitted, restore_s, actors = list(plan.rows), 0, 0.0, 0
@@ -345,7 +508,7 @@ def run_pipeline(
                 t0 = datetime.now(UTC)
                 got, resubmitted = restore_batches(quote(pool), quote(plan.pending),
                                                    cfg.restoration.batch_size, cluster.max_in_flight,
-                                                   progress_id)
+                                                   progress_id, cfg.reports.progress_every)
                 restore_s = (datetime.now(UTC) - t0).total_seconds()
             finally:
                 pool.close()
@@ -356,20 +519,22 @@ def run_pipeline(
     report_key = f"reports/{run_id}/index.html"
     restored = sum(r["status"] == "restored" for r in rows)
     summary = summarize(
-        rows, run_id=run_id, flow_run_id=str(flow_run.id) if flow_run.id else None,
-        started_at=started.isoformat(), finished_at=datetime.now(UTC).isoformat(),
-        source=source_store.uri, dest=dest_store.uri, config_name=cfg.name, config_hash=config_hash,
-        model_version=model_version, limit=limit, deferred=plan.deferred, actors=actors,
+        rows, **facts, finished_at=datetime.now(UTC).isoformat(), deferred=plan.deferred, actors=actors,
         resubmitted_batches=resubmitted, frames_per_s=restored / restore_s if restore_s > 0 else None,
         report_key=report_key, report_uri=f"{dest_store.uri.rstrip('/')}/{report_key}",
+        max_quarantine_rate=cfg.alerts.max_quarantine_rate,
     )
-    written = write_report(source_store.uri, dest_store.uri, run_id, summary, quote(rows))
+    gate = cfg.alerts.max_quarantine_rate
+    rate = summary["quarantine_rate"]
+    over = gate is not None and rate is not None and rate > gate
+    summary["status"] = "failed_quality" if over else "succeeded"
+    written = write_report(source_store.uri, dest_store.uri, run_id, summary, quote(rows), cfg.reports)
     if written != report_key:
         summary.update(report_key=written, report_uri=f"{dest_store.uri.rstrip('/')}/{written}")
-    publish_artifacts(summary, quote(rows))
+    publish_artifacts(summary, quote(rows), cfg.reports.dashboard_url)
     c = summary["counts"]
-    logger.info("run %s finished: %d restored, %d skipped, %d quarantined; report %s", run_id, c["restored"],
-                c["skipped"], c["quarantined"], summary["report_uri"])
+    logger.info("run %s %s: %d restored, %d skipped, %d quarantined; report %s", run_id, summary["status"],
+                c["restored"], c["skipped"], c["quarantined"], summary["report_uri"])
     return summary
 
 

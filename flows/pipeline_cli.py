@@ -20,24 +20,40 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default
 
 
+CONFIG_HELP = ("config: a YAML path, a name in ./configs/, or a packaged name (default, smoke), "
+               "looked up in that order")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def add_pipeline_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the pipeline subcommands on the top-level parser's ``subparsers``."""
-    p = subparsers.add_parser("run", help="run the restore-frames flow once and print where the report is")
+    p = subparsers.add_parser("run", help="run the restore-frames flow once and print where the report is",
+                              description="Restore every pending frame once. Exit codes: 0 succeeded, "
+                              "1 failed or over the quarantine threshold (failed_quality), 2 user/permanent "
+                              "error.")
     p.add_argument("--source", required=True, help="frames to restore: a folder, file:// or s3:// URI")
     p.add_argument("--dest", required=True, help="where outputs and reports go (must not overlap --source)")
-    p.add_argument("--config", default="default", help="config name in configs/ or a YAML path")
-    p.add_argument("--limit", type=int, default=None, help="restore at most N pending frames this run")
+    p.add_argument("--config", default="default", help=CONFIG_HELP)
+    p.add_argument("--limit", type=_non_negative, default=None,
+                   help="restore at most N pending frames this run (the rest stay pending)")
     p.set_defaults(func=cmd_run)
 
-    p = subparsers.add_parser("serve", help="serve the nightly and on-upload deployments (until Ctrl-C)")
-    p.add_argument("--source", required=True)
-    p.add_argument("--dest", required=True)
-    p.add_argument("--config", default="default")
+    p = subparsers.add_parser("serve",
+                              help="serve the nightly and on-upload deployments (until Ctrl-C / SIGTERM)")
+    p.add_argument("--source", required=True, help="the store to restore from (folder, file:// or s3:// URI)")
+    p.add_argument("--dest", required=True, help="where outputs and reports go")
+    p.add_argument("--config", default="default", help=CONFIG_HELP)
     p.add_argument("--name-prefix", default="", help="prefix of the deployment names (one pair per source)")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("watch", help="poll a store, emit upload events for new frames")
-    p.add_argument("--source", required=True)
+    p.add_argument("--source", required=True, help="the store to watch (the source `serve` was given)")
     p.add_argument("--state", type=Path, default=None, help="seen-keys state file (default: in ~/.cache)")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
     p.add_argument("--once", action="store_true", help="poll once and exit")
@@ -48,7 +64,7 @@ def add_pipeline_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_watch)
 
     p = subparsers.add_parser("bridge-sqs", help="turn S3 ObjectCreated notifications from SQS into events")
-    p.add_argument("--queue-url", required=True)
+    p.add_argument("--queue-url", required=True, help="SQS queue receiving the bucket's notifications")
     p.add_argument("--source", required=True, help="the served s3:// source; other keys are ignored")
     p.add_argument("--region", default=None, help="SQS region (default: the AWS configuration's)")
     p.add_argument("--wait", type=int, default=20, help="long-poll seconds (0-20)")
@@ -56,11 +72,11 @@ def add_pipeline_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bridge_sqs)
 
     p = subparsers.add_parser("bench-pipeline", help="frames/s of the Ray fan-out for 1 and 2 actors")
-    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--frames", type=int, default=16, help="synthetic frames to restore per actor count")
     p.add_argument("--size", type=int, default=64, help="side of the square synthetic frames")
-    p.add_argument("--working-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--working-size", type=int, default=64, help="restoration working size")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps")
+    p.add_argument("--batch-size", type=int, default=4, help="frames per vectorised batch")
     p.add_argument("--actors", default="1,2", help="comma-separated actor counts to measure")
     p.add_argument("--config", default="smoke", help="base config (the options above override it)")
     p.set_defaults(func=cmd_bench_pipeline)
@@ -74,27 +90,88 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import restore_frames
+    """Preflight (config, stores: seconds, nothing created), then the flow. Exit 0 / 1 / 2."""
+    from flows.preflight import check_run
 
-    summary = restore_frames(source=args.source, dest=args.dest, config=args.config, limit=args.limit)
+    check_run(args.source, args.dest, args.config)  # raises a permanent error before anything starts
+    from flows.pipeline import QualityGateError, restore_frames
+
+    if not getattr(args, "debug", False):
+        _one_line_console_logs()
+
+    try:
+        summary = restore_frames(source=args.source, dest=args.dest, config=args.config, limit=args.limit)
+    except QualityGateError as exc:
+        summary = exc.summary
+    except Exception as exc:
+        report = getattr(exc, "report_uri", None)
+        if report:
+            print(f"status:      failed\nreport:      {report}", flush=True)
+        raise
     c = summary["counts"]
+    skips = summary.get("skip_reasons") or {}
     print(f"run id:      {summary['run_id']}")
     print(f"flow run id: {summary['flow_run_id']}")
+    print(f"status:      {summary.get('status', 'succeeded')}")
     print(f"frames:      {c['restored']} restored, {c['skipped']} skipped, {c['quarantined']} quarantined"
-          + (f", {summary['deferred']} left for a later run (--limit)" if summary["deferred"] else ""))
-    print(f"report:      {summary['report_uri']}")
+          + (f", {summary['deferred']} left for a later run (--limit)" if summary["deferred"] else "")
+          + (f" ({n} unsupported files)" if (n := skips.get("unsupported_format")) else ""))
+    print(f"report:      {summary['report_uri']}", flush=True)
+    if summary.get("status") == "failed_quality":
+        rate = summary["quarantine_rate"]
+        print(f"checkout-restore: error: quality gate: {rate:.0%} of the processed frames were quarantined "
+              f"(threshold {summary['max_quarantine_rate']:.0%}, alerts.max_quarantine_rate)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+class _NoTraceback(logging.Filter):
+    """Console records keep their one-line message; the traceback goes only with ``--debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # In place (Python 3.11 filters cannot return a copy); Prefect's API handler sits on the
+        # child logger and has already sent the full record to the server by now.
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _one_line_console_logs() -> None:
+    """Prefect's console handlers print a failed flow's traceback; ``run`` says it in one line."""
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(_NoTraceback())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.config import load_config
-    from flows.deploy import serve_deployments
-    from storage.stores import open_store
+    """Validate first; then serve, retrying with backoff while the Prefect API is unreachable."""
+    from flows.daemon import Backoff, stop_on_signals
+    from flows.preflight import check_run
 
-    source_uri = open_store(args.source, read_only=True).uri  # upload events carry the canonical URI
-    serve_deployments(source_uri, args.dest, load_config(args.config), args.config,
-                      name_prefix=args.name_prefix)
-    return 0
+    checked = check_run(args.source, args.dest, args.config)
+    from flows.deploy import serve_deployments
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("checkout_restore.serve")
+    backoff = Backoff("Prefect API", log)
+    while True:
+        try:
+            # upload events carry the canonical source URI
+            serve_deployments(checked.source_uri, args.dest, checked.config, args.config,
+                              name_prefix=args.name_prefix)
+            return 0
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            delay = backoff.failed(exc)
+        except Exception as exc:  # httpx/Prefect wrap connection failures in their own types
+            if "connect" not in type(exc).__name__.lower() and "connect" not in str(exc).lower():
+                raise
+            delay = backoff.failed(exc)
+        with stop_on_signals() as stop:
+            if stop.wait(delay):
+                log.info("stopped while waiting for the Prefect API")
+                return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -114,13 +191,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_bridge_sqs(args: argparse.Namespace) -> int:
     import boto3
 
-    from flows.bridge_sqs import bridge
+    from flows.bridge_sqs import bridge, check_queue
+    from flows.errors import UserError
     from flows.upload_events import prefect_emitter
 
     if not 0 <= args.wait <= 20:
-        raise SystemExit("--wait must be 0..20 seconds (SQS long-poll limit)")
+        raise UserError(f"--wait must be 0..20 seconds (SQS long-poll limit), got {args.wait}")
+    if not args.source.startswith("s3://"):
+        raise UserError("--source must be an s3:// URI (the bucket that notifies the queue), "
+                        f"got {args.source!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sqs = boto3.client("sqs", region_name=args.region)
+    check_queue(sqs, args.queue_url)
     sent = bridge(sqs, args.queue_url, args.source, prefect_emitter, wait_s=args.wait, once=args.once,
                   stop=_stop_on_signals())
     print(f"{sent} events sent")

@@ -291,20 +291,21 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prior", choices=PRIORS, required=True)
+    p.add_argument("--prior", choices=PRIORS, required=True, help="which prior to train")
     p.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/prior_image.yaml")
     p.add_argument("--out", type=Path, required=True, help="run directory (state, logs, export)")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--export-dir", type=Path, default=None,
                    help="also write <prior>.safetensors/.json here at every checkpoint")
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="generated training data cache")
     p.add_argument("--fresh", action="store_true", help="ignore an existing state.pt")
     p.add_argument("--init-from", default=None,
                    help="warm start a fresh run from these weights: 'shipped' or a "
                         "<prior>.safetensors path (its .json beside it); ignored on resume")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def warm_start(state: TrainState, prior: str, source: str) -> dict[str, Any]:

@@ -23,9 +23,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.upload_events import Emitter, FrameUpload, is_frame_key
+from flows.daemon import Backoff
+from flows.errors import is_permanent
+from flows.upload_events import Emitter, EventEmitError, FrameUpload, is_frame_key
 from storage.base import ObjectStore
-from storage.errors import InvalidKeyError, ObjectNotFoundError
+from storage.errors import InvalidKeyError, ObjectNotFoundError, StorageError
 from storage.keys import validate_key
 
 log = logging.getLogger("checkout_restore.watch")
@@ -141,10 +143,15 @@ def watch(
     max_events: int = DEFAULT_MAX_EVENTS,
     check_changes: bool = False,
     stop: threading.Event | None = None,
+    max_backoff_s: float = 60.0,
 ) -> int:
     """Poll until ``stop`` is set (or once); return the number of events sent.
 
-    ``baseline`` makes the first poll record the store's current frames without emitting.
+    ``baseline`` makes the first poll record the store's current frames without emitting. A poll
+    that fails transiently (store unreachable, Prefect API down) is retried with backoff up to
+    ``max_backoff_s``, logging one line when the outage starts and one when it ends; nothing is
+    marked seen until its events were sent. Permanent errors (missing bucket, credentials) and
+    any failure with ``once`` are raised.
     """
     if interval_s <= 0:
         raise ValueError("interval_s must be > 0")
@@ -154,9 +161,19 @@ def watch(
     log.info("watching %s (state %s, %d frames already seen)", store.uri, path, len(seen))
     total = 0
     first = True
+    backoff = Backoff(f"watch of {store.uri}", log, initial=min(1.0, interval_s, max_backoff_s),
+                      maximum=max_backoff_s)
     while True:
-        result, seen = poll_once(store, seen, emit, max_events=max_events, check_changes=check_changes,
-                                 emit_events=not (baseline and first))
+        try:
+            result, seen = poll_once(store, seen, emit, max_events=max_events, check_changes=check_changes,
+                                     emit_events=not (baseline and first))
+        except (StorageError, EventEmitError, ConnectionError, TimeoutError) as exc:
+            if once or is_permanent(exc):
+                raise
+            if stop.wait(backoff.failed(exc)):
+                return total
+            continue
+        backoff.succeeded()
         save_state(path, store.uri, seen)
         total += result.emitted
         if result.uploads:

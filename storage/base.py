@@ -63,8 +63,8 @@ def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 class ObjectStore(Protocol):
     """A flat key -> bytes store rooted at :attr:`uri` (a local folder or an S3 prefix).
 
-    Keys are relative to the root and obey :mod:`storage.keys`. Stores never delete, and a
-    store opened ``read_only`` (sources) never writes.
+    Keys are relative to the root and obey :mod:`storage.keys`. Only report retention deletes
+    (old ``reports/<run-id>/`` folders), and a store opened ``read_only`` (sources) never writes.
     """
 
     @property
@@ -100,6 +100,10 @@ class ObjectStore(Protocol):
 
     def exists(self, key: str) -> bool:
         """True if the object exists."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object (no error when it is already gone)."""
         ...
 
 

@@ -242,6 +242,25 @@ class LocalStore:
             finally:
                 os.close(dir_fd)
 
+    def delete(self, key: str) -> None:
+        """Remove an object and its metadata (missing is fine); empty folders are left."""
+        if self._read_only:
+            raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to delete {key!r}")
+        path = self._path(key)
+        try:
+            for p in (path, self._meta_path(key)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+                parent = os.path.dirname(p)  # remove folders left empty, up to the root
+                while parent != self._root and self._inside(parent):
+                    try:
+                        os.rmdir(parent)
+                    except OSError:
+                        break
+                    parent = os.path.dirname(parent)
+        except OSError as exc:
+            raise self._access_error("delete", key, exc) from exc
+
     def _access_error(self, op: str, key: str, exc: OSError) -> StoreAccessError:
         why = exc.strerror or type(exc).__name__
         return StoreAccessError(

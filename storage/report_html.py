@@ -21,6 +21,7 @@ import hashlib
 import html
 import io
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,7 @@ from PIL import Image
 from storage.base import ObjectStore
 from storage.errors import FrameError, StorageError
 from storage.keys import REPORTS_INDEX_KEY, REPORTS_PREFIX, RUN_ID_RE, report_key, validate_key
-from storage.reports import load_summaries
+from storage.reports import update_run_index
 
 ImageReader = Callable[[str, str], bytes | None]
 """``images(role, key) -> bytes | None`` with ``role`` one of :data:`IMAGE_ROLES`.
@@ -48,6 +49,12 @@ object is missing or unreadable; the page then shows "no preview" instead of a b
 IMAGE_ROLES = ("input", "restored", "kernel")
 DEFAULT_MAX_FRAMES = 200  # frames with thumbnails in the per-run table
 DEFAULT_MAX_LIST = 1000  # rows in the quarantine / skipped lists
+DEFAULT_PAGE_SIZE = 50  # runs per page of the all-runs index
+FAILED_STATUSES = ("failed", "failed_quality")
+# Columns the frames table shows by name; other numeric columns (codes_in, codes_out, a kernel
+# strategy's fields...) are shown generically after them.
+_KNOWN_COLUMNS = frozenset({"key", "id", "status", "reason", "detail", "nfe", "seconds", "width", "height",
+                            "restored_key", "kernel_key", "kernel_png_key", "mask_key"})
 THUMB_SIZE = 144  # longest side of before/after thumbnails, px
 KERNEL_THUMB_SIZE = 72  # kernel pictures are upscaled (nearest) to about this size
 MAX_THUMB_SOURCE_PIXELS = 64_000_000  # decompression-bomb guard, checked before decoding
@@ -88,7 +95,10 @@ _METRICS: tuple[_Metric, ...] = (
     _Metric("ssim", "SSIM", "{:.3f}", True, True),
     _Metric("kernel_mse", "kernel-MSE", "{:.2e}", True, False),
     _Metric("kernel_ncc", "kernel NCC", "{:.3f}", True, True),
+    _Metric("psnr_in", "input PSNR (dB)", "{:.2f}", True, True),
+    _Metric("ssim_in", "input SSIM", "{:.3f}", True, True),
 )
+_BY_COLUMN = {m.column: m for m in _METRICS}
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -285,6 +295,17 @@ td.img img.kernel { image-rendering:pixelated; background:#000; }
 .reason { font-family:ui-monospace,"DejaVu Sans Mono",monospace; color:var(--bad); }
 .proxy { border-bottom:1px dotted var(--muted); }
 details summary { cursor:pointer; margin:6px 0; }
+.banner { border-radius:8px; padding:12px 16px; margin:12px 0; font-weight:600; overflow-wrap:anywhere; }
+.banner.failed { background:#fdecea; border:2px solid var(--bad); color:var(--bad); }
+.banner.ok { background:#eaf7ee; border:1px solid var(--ok); color:var(--ok); }
+tr.failed td { background:#fdecea; } tr.failed td.status { color:var(--bad); font-weight:700; }
+td.status { white-space:nowrap; }
+.compare { display:flex; gap:16px; overflow-x:auto; align-items:flex-start; padding-bottom:8px; }
+.compare figure { margin:0; } .compare figcaption { color:var(--muted); font-size:12px; margin-bottom:4px; }
+.compare img { display:block; border:1px solid var(--line); }
+.compare img.kernel { image-rendering:pixelated; background:#000; }
+.pager { margin:10px 0; } .pager a, .pager span { margin-right:10px; }
+td.detail { font-size:12px; overflow-wrap:anywhere; max-width:520px; }
 """
 
 # Sorting by clicking a header (numbers by data-v, empty last) and the image load check.
@@ -313,6 +334,8 @@ window.addEventListener('load', function () {
   document.body.dataset.imagesLoaded = imgs.length - broken.length;
   document.body.dataset.brokenImages = broken.length;
   document.body.dataset.brokenSrcs = broken.map(function (i) { return i.getAttribute('src'); }).join(' ');
+  document.body.dataset.naturalSizes = imgs.map(function (i) {
+    return i.naturalWidth + 'x' + i.naturalHeight; }).join(' ');
   document.body.dataset.ready = '1';
 });
 """
@@ -358,6 +381,73 @@ def _meta(summary: Mapping[str, object]) -> str:
     return "<dl class=\"meta\">" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields) + "</dl>"
 
 
+def _status_banner(summary: Mapping[str, object]) -> str:
+    """Red for ``failed`` (error class and message) and ``failed_quality`` (quarantine rate)."""
+    status = _text(summary.get("status"))
+    if status == "failed":
+        err = summary.get("error") if isinstance(summary.get("error"), Mapping) else {}
+        assert isinstance(err, Mapping)
+        return (f"<div class=\"banner failed\" id=\"run-status\" data-status=\"failed\">Run FAILED: "
+                f"<span class=\"mono\">{_esc(err.get('type'))}</span>: {_esc(err.get('message'))}</div>")
+    if status == "failed_quality":
+        rate = _num(summary.get("quarantine_rate"))
+        return (f"<div class=\"banner failed\" id=\"run-status\" data-status=\"failed_quality\">Quality gate "
+                f"FAILED: {_fmt(rate, '{:.0%}')} of the processed frames were quarantined (threshold "
+                f"{_fmt(_num(summary.get('max_quarantine_rate')), '{:.0%}')}). Every frame was processed; "
+                "see the quarantine list below.</div>")
+    if status:
+        return (f"<div class=\"banner ok\" id=\"run-status\" data-status=\"{_esc(status)}\">"
+                f"Run {_esc(status)}</div>")
+    return ""
+
+
+def _before_after(rows: Sequence[Mapping[str, object]]) -> str:
+    """Per-run "did it help?": each metric that exists for input and output, mean before, mean
+    after, change, over the restored frames that have both (``X_in`` pairs with ``X`` or ``X_out``)."""
+    cols = {c for r in rows for c in r}
+    pairs = []
+    for c in sorted(cols):
+        if not c.endswith("_in"):
+            continue
+        base = c[:-3]
+        out = f"{base}_out" if f"{base}_out" in cols else base if base in cols else None
+        if out is not None:
+            pairs.append((base, c, out))
+    lines = []
+    for base, cin, cout in pairs:
+        raw = [(r.get(cin), r.get(cout)) for r in rows]
+        both = [(a, b) for x, y in raw if (a := _num(x)) is not None and (b := _num(y)) is not None]
+        counts = all(isinstance(x, numbers.Integral) and isinstance(y, numbers.Integral)
+                     for x, y in raw if _num(x) is not None and _num(y) is not None)
+        if not both:
+            continue
+        m = _BY_COLUMN.get(cout) or _BY_COLUMN.get(base)
+        fmt = m.fmt if m else "{:.3g}"
+        label = m.label if m else base.replace("_", " ")
+        before = sum(a for a, _ in both) / len(both)
+        after = sum(b for _, b in both) / len(both)
+        total = ""
+        if counts:  # e.g. codes readable: totals say more than means
+            total = f" (total {int(sum(a for a, _ in both))} → {int(sum(b for _, b in both))})"
+        lines.append(f"<tr><td>{_esc(label)}</td><td class=\"num\">{fmt.format(before)}</td>"
+                     f"<td class=\"num\">{fmt.format(after)}</td>"
+                     f"<td class=\"num\">{after - before:+.3g}{total}</td>"
+                     f"<td class=\"num\">{len(both)}</td></tr>")
+    gains = [g for r in rows if (g := _num(r.get("sharpness_gain"))) is not None]
+    if gains:
+        better = sum(g > 1 for g in gains)
+        lines.append("<tr><td><span class=\"proxy\">sharpness (after ÷ before)</span></td>"
+                     "<td class=\"num\">1</td>"
+                     f"<td class=\"num\">{sum(gains) / len(gains):.2f}</td><td class=\"num\">{better} of "
+                     f"{len(gains)} sharper</td><td class=\"num\">{len(gains)}</td></tr>")
+    if not lines:
+        return ""
+    return ("<h2>Before / after (restored frames)</h2><table id=\"before-after\"><thead><tr><th>metric</th>"
+            "<th class=\"num\">before (input)</th><th class=\"num\">after (restored)</th>"
+            "<th class=\"num\">change</th><th class=\"num\">frames</th></tr></thead><tbody>"
+            + "".join(lines) + "</tbody></table>")
+
+
 def _worst_first(rows: Sequence[Mapping[str, object]]) -> tuple[list[Mapping[str, object]], str]:
     """Restored rows, worst first: by PSNR (ascending) when every one has truth, else by residual
     (descending, the no-reference proxy); rows without the value go last. Returns the order text."""
@@ -372,7 +462,8 @@ def _worst_first(rows: Sequence[Mapping[str, object]]) -> tuple[list[Mapping[str
     return sorted(rows, key=by_residual), "highest residual, a no-reference proxy"
 
 
-def _img_cell(files: dict[str, bytes], images: ImageReader, role: str, key: str, alt: str) -> str:
+def _img_cell(files: dict[str, bytes], images: ImageReader, role: str, key: str, alt: str,
+              href: str | None = None) -> str:
     if not key:
         return "<td class=\"img\"><span class=\"nopreview\">no output</span></td>"
     name = _thumb_name(role, key)
@@ -383,7 +474,74 @@ def _img_cell(files: dict[str, bytes], images: ImageReader, role: str, key: str,
             return "<td class=\"img\"><span class=\"nopreview\">no preview</span></td>"
         files[name] = thumb
     cls = " class=\"kernel\"" if role == "kernel" else ""
-    return f"<td class=\"img\"><img{cls} src=\"{quote(name)}\" alt=\"{_esc(alt)}\"></td>"
+    img = f"<img{cls} src=\"{quote(name)}\" alt=\"{_esc(alt)}\">"
+    if href:
+        img = f"<a href=\"{href}\">{img}</a>"
+    return f"<td class=\"img\">{img}</td>"
+
+
+def full_size_href(role: str, key: str, depth: int) -> str:
+    """Relative link to the full-size object from a page ``depth`` folders below ``reports/``
+    (1: a run page, 2: a frame page). Outputs (``restored/``, ``kernels/``) are destination keys,
+    reached as ``<dest>/<key>`` both on a local disk (file://) and on the dashboard (which serves
+    them read-only); inputs are source keys that the dashboard serves as ``/<run-id>/input/<key>``."""
+    if role == "input":
+        return "../" * (depth - 1) + "input/" + quote(key)
+    return "../" * (depth + 1) + quote(key)
+
+
+def frame_page_name(key: str) -> str:
+    """``frames/<hash>.html``: the side-by-side page of one frame (stable, URL-safe)."""
+    return f"frames/{hashlib.sha256(key.encode()).hexdigest()[:20]}.html"
+
+
+def _mask_key(row: Mapping[str, object]) -> str:
+    return _text(row.get("mask_key")) or f"{_text(row.get('id'))}.mask.png"
+
+
+def _extra_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
+    """Numeric columns other parts of the pipeline add (codes_in/codes_out, a kernel strategy's
+    chosen candidate...), shown generically after the known metrics."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for c, v in r.items():
+            if c in _KNOWN_COLUMNS or c in _BY_COLUMN or isinstance(v, bool):
+                continue
+            if _num(v) is not None:
+                seen[c] = None
+    return list(seen)
+
+
+def _frame_page(files: dict[str, bytes], run_id: str, row: Mapping[str, object], images: ImageReader) -> str:
+    """Input and output side by side at full size, mask and kernel, every field of the row."""
+    key = _text(row.get("key"))
+    figs = []
+    mask_key = _mask_key(row)
+    has_mask = _safe_read(images, "input", mask_key) is not None
+    for role, label, okey in (("input", "input (before)", key),
+                              ("restored", "restored (after)", _text(row.get("restored_key"))),
+                              ("input", "mask (white = observed)", mask_key if has_mask else ""),
+                              ("kernel", "estimated kernel", _text(row.get("kernel_png_key")))):
+        if not okey:
+            continue
+        href = full_size_href(role, okey, 2)
+        cls = " class=\"kernel\" width=\"160\"" if role == "kernel" else ""
+        figs.append(f"<figure><figcaption>{label} · <a href=\"{href}\">open</a></figcaption>"
+                    f"<a href=\"{href}\"><img{cls} src=\"{href}\" "
+                    f"alt=\"{_esc(label)} {_esc(key)}\"></a></figure>")
+    fields = "".join(
+        f"<dt>{_esc(c)}</dt><dd>{_esc(_fmt(_num(v), _BY_COLUMN[c].fmt) if c in _BY_COLUMN else v)}</dd>"
+        for c, v in row.items() if _text(v) != ""
+    )
+    body = (f"<p><a href=\"../index.html\">← run {_esc(run_id)}</a></p>"
+            f"<h1 class=\"mono\">{_esc(key)}</h1>"
+            f"<p class=\"muted\">Full size, before and after; click an image to open it alone.</p>"
+            f"<div class=\"compare\" id=\"compare\">{''.join(figs)}</div>"
+            f"<h2>All values</h2><dl class=\"meta\" id=\"frame-fields\">{fields}</dl>"
+            f"<div class=\"note\">{html.escape(NO_REFERENCE_NOTE)}</div>")
+    name = frame_page_name(key)
+    files[name] = _page(f"{key} — run {run_id}", body)
+    return name
 
 
 def _safe_read(images: ImageReader, role: str, key: str) -> bytes | None:
@@ -396,7 +554,8 @@ def _safe_read(images: ImageReader, role: str, key: str) -> bytes | None:
 
 
 def _frames_table(files: dict[str, bytes], rows: Sequence[Mapping[str, object]], images: ImageReader,
-                  metrics: Sequence[_Metric]) -> str:
+                  metrics: Sequence[_Metric], run_id: str = "") -> str:
+    extra = _extra_columns(rows)
     head = (
         "<tr><th class=\"num sortable\">#</th><th class=\"sortable\">frame</th>"
         "<th>before</th><th>after</th><th>kernel</th>"
@@ -405,23 +564,31 @@ def _frames_table(files: dict[str, bytes], rows: Sequence[Mapping[str, object]],
             f"title=\"{'needs ground truth' if m.truth else 'no-reference proxy'}\">{m.label}</span></th>"
             for m in metrics
         )
+        + "".join(f"<th class=\"num sortable\">{_esc(c)}</th>" for c in extra)
         + "<th class=\"num sortable\">seconds</th></tr>"
     )
     body = []
     for rank, row in enumerate(rows, start=1):
         key = _text(row.get("key"))
+        page = _frame_page(files, run_id, row, images)
         w, h = _num(row.get("width")), _num(row.get("height"))
         size = f"<span class=\"sub\">{int(w)}×{int(h)} px</span>" if w is not None and h is not None else ""
         cells = [
             f"<td class=\"num\" data-v=\"{rank}\">{rank}</td>",
-            f"<td class=\"key\">{_esc(key)}{size}</td>",
-            _img_cell(files, images, "input", key, f"input {key}"),
-            _img_cell(files, images, "restored", _text(row.get("restored_key")), f"restored {key}"),
-            _img_cell(files, images, "kernel", _text(row.get("kernel_png_key")), f"kernel {key}"),
+            f"<td class=\"key\"><a href=\"{quote(page)}\">{_esc(key)}</a>{size}</td>",
+            _img_cell(files, images, "input", key, f"input {key}", quote(page)),
+            _img_cell(files, images, "restored", _text(row.get("restored_key")), f"restored {key}",
+                      quote(page)),
+            _img_cell(files, images, "kernel", _text(row.get("kernel_png_key")), f"kernel {key}",
+                      quote(page)),
         ]
         for m in metrics:
             v = _num(row.get(m.column))
             cells.append(f"<td class=\"num\" data-v=\"{'' if v is None else repr(v)}\">{_fmt(v, m.fmt)}</td>")
+        for c in extra:
+            v = _num(row.get(c))
+            cells.append(f"<td class=\"num\" data-v=\"{'' if v is None else repr(v)}\">"
+                         f"{_fmt(v, '{:.4g}')}</td>")
         sec = _num(row.get("seconds"))
         sec_v = "" if sec is None else repr(sec)
         cells.append(f"<td class=\"num\" data-v=\"{sec_v}\">{_fmt(sec, '{:.2f}')}</td>")
@@ -433,11 +600,12 @@ def _frames_table(files: dict[str, bytes], rows: Sequence[Mapping[str, object]],
 def _list_table(table_id: str, rows: Sequence[Mapping[str, object]]) -> str:
     body = "".join(
         f"<tr><td class=\"key\">{_esc(r.get('key'))}</td>"
-        f"<td class=\"reason\">{_esc(r.get('reason')) or '—'}</td></tr>"
+        f"<td class=\"reason\">{_esc(r.get('reason')) or '—'}</td>"
+        f"<td class=\"detail\">{_esc(r.get('detail'))}</td></tr>"
         for r in rows
     )
     return (f"<table id=\"{table_id}\" class=\"sortable\"><thead><tr><th class=\"sortable\">frame</th>"
-            f"<th class=\"sortable\">reason</th></tr></thead><tbody>{body}</tbody></table>")
+            f"<th class=\"sortable\">reason</th><th>detail</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def _more(shown: int, total: int) -> str:
@@ -484,8 +652,8 @@ def render_run_report(
         counts = {k: len(v) for k, v in by_status.items()} | {"total": len(all_rows)}
     assert isinstance(counts, Mapping)
 
-    has_truth = any(_num(r.get(m.column)) is not None for r in restored for m in _METRICS if m.truth)
-    metrics = [m for m in _METRICS if has_truth or not m.truth]
+    # truth columns only where some frame has the value (no column of dashes)
+    metrics = [m for m in _METRICS if not m.truth or any(_num(r.get(m.column)) is not None for r in restored)]
 
     files: dict[str, bytes] = {}
     hist_html = []
@@ -502,15 +670,19 @@ def render_run_report(
     parts = [
         "<p><a href=\"../index.html\">← all runs</a></p>",
         f"<h1>Restoration run <span class=\"mono\">{_esc(run_id)}</span></h1>",
+        _status_banner(summary),
         _cards(counts),
+        _before_after(by_status["restored"]),
         _meta(summary),
+        "<p>Data: <a href=\"summary.json\">summary.json</a></p>"
+        if _text(summary.get("status")) == "failed" else
         "<p>Data: <a href=\"frames.csv\">frames.csv</a> · <a href=\"frames.parquet\">frames.parquet</a>"
         " · <a href=\"summary.json\">summary.json</a></p>",
         f"<div class=\"note\" id=\"proxy-note\">{html.escape(NO_REFERENCE_NOTE)}</div>",
         f"<h2>Restored frames, worst first: {order_text}</h2>",
     ]
     if shown:
-        parts += [_frames_table(files, shown, images, metrics), _more(len(shown), len(restored))]
+        parts += [_frames_table(files, shown, images, metrics, run_id), _more(len(shown), len(restored))]
     else:
         parts.append("<p class=\"muted\" id=\"no-restored\">No frame was restored in this run.</p>")
     parts.append("<h2>Metric histograms (restored frames)</h2>")
@@ -535,13 +707,21 @@ def render_run_report(
     return files
 
 
-def render_index(summaries: Iterable[Mapping[str, object]]) -> dict[str, bytes]:
-    """Render ``reports/index.html`` (all runs, newest first, linked) and its ``trend_*.png`` plots:
-    restored count, mean residual, and mean kernel-MSE and PSNR over the runs that have truth."""
+def index_page_name(page: int) -> str:
+    """``index.html`` for the newest runs, ``index-2.html``, ``index-3.html``... for older ones."""
+    return "index.html" if page == 1 else f"index-{page}.html"
+
+
+def render_index(summaries: Iterable[Mapping[str, object]], *, page_size: int = DEFAULT_PAGE_SIZE
+                 ) -> dict[str, bytes]:
+    """Render ``reports/index.html`` (the newest ``page_size`` runs; older ones on ``index-2.html``...)
+    and its ``trend_*.png`` plots. Failed runs are red rows, and a failed newest run puts a red
+    banner on top. Trends skip failed and skip-only runs (nothing restored: no values to plot)."""
+    if page_size < 1:
+        raise ValueError("page_size must be >= 1")
     runs = [s for s in summaries if isinstance(s.get("run_id"), str) and RUN_ID_RE.match(str(s["run_id"]))]
     epoch = datetime.min.replace(tzinfo=UTC)
     runs.sort(key=lambda s: (_run_time(s) or epoch, str(s["run_id"])), reverse=True)
-    chrono = [s for s in reversed(runs) if _run_time(s) is not None]
 
     def means(s: Mapping[str, object]) -> Mapping[str, object]:
         m = s.get("means")
@@ -551,6 +731,10 @@ def render_index(summaries: Iterable[Mapping[str, object]]) -> dict[str, bytes]:
         c = s.get("counts")
         return c if isinstance(c, Mapping) else {}
 
+    def restored_any(s: Mapping[str, object]) -> bool:
+        return _text(s.get("status")) != "failed" and (_num(counts(s).get("restored")) or 0) > 0
+
+    chrono = [s for s in reversed(runs) if _run_time(s) is not None and restored_any(s)]
     files: dict[str, bytes] = {}
     plots = []
     trends = [
@@ -568,17 +752,23 @@ def render_index(summaries: Iterable[Mapping[str, object]]) -> dict[str, bytes]:
         files[f"trend_{name}.png"] = _trend(points, title, ylabel, log=log, integer=name == "restored")
         plots.append(f"<img src=\"trend_{name}.png\" alt=\"{html.escape(title)}\">")
 
-    head = ("<tr><th class=\"sortable\">run</th><th class=\"sortable\">started (UTC)</th>"
-            "<th class=\"num\">duration</th><th class=\"sortable\">config</th>"
+    head = ("<tr><th class=\"sortable\">run</th><th class=\"sortable\">status</th>"
+            "<th class=\"sortable\">started (UTC)</th><th class=\"num\">wall time</th>"
+            "<th class=\"sortable\">config</th>"
             "<th class=\"num sortable\">restored</th><th class=\"num sortable\">skipped</th>"
             "<th class=\"num sortable\">quarantined</th><th class=\"num sortable\">mean residual</th>"
             "<th class=\"num sortable\">mean PSNR</th><th class=\"num sortable\">mean kernel-MSE</th></tr>")
-    body = []
-    for s in runs:
+
+    def row_html(s: Mapping[str, object]) -> str:
         run_id = str(s["run_id"])
         t = _run_time(s)
+        status = _text(s.get("status")) or "succeeded"
+        failed = status in FAILED_STATUSES
+        err = s.get("error") if isinstance(s.get("error"), Mapping) else None
+        title = f" title=\"{_esc(err.get('type'))}: {_esc(err.get('message'))}\"" if err else ""
         cells = [
             f"<td class=\"mono\"><a href=\"{quote(run_id)}/index.html\">{_esc(run_id)}</a></td>",
+            f"<td class=\"status\"{title}>{_esc(status)}</td>",
             f"<td>{t.strftime('%Y-%m-%d %H:%M:%S') if t else '—'}</td>",
             f"<td class=\"num\">{_duration(s)}</td>",
             f"<td>{_esc(s.get('config_name')) or '—'} <span class=\"mono muted\">"
@@ -591,25 +781,55 @@ def render_index(summaries: Iterable[Mapping[str, object]]) -> dict[str, bytes]:
         for col, fmt in (("residual", "{:.3f}"), ("psnr", "{:.2f}"), ("kernel_mse", "{:.2e}")):
             v = _num(means(s).get(col))
             cells.append(f"<td class=\"num\" data-v=\"{'' if v is None else repr(v)}\">{_fmt(v, fmt)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        cls = (" class=\"failed\"" if failed else "") + f" data-status=\"{_esc(status)}\""
+        return f"<tr{cls}>" + "".join(cells) + "</tr>"
 
-    parts = [
-        "<h1>Checkout frame restoration — all runs</h1>",
-        f"<p class=\"muted\">{len(runs)} run{'s' if len(runs) != 1 else ''}, newest first.</p>",
-    ]
-    if runs:
-        parts.append(f"<table id=\"runs-table\" class=\"sortable\"><thead>{head}</thead>"
-                     f"<tbody>{''.join(body)}</tbody></table>")
-    else:
-        parts.append("<p class=\"muted\" id=\"no-runs\">No runs yet.</p>")
-    if plots:
-        parts += ["<h2>Trends</h2>", f"<div class=\"hists\">{''.join(plots)}</div>"]
-    if runs and not any(_num(means(s).get("psnr")) is not None for s in runs):
-        parts.append("<p class=\"muted\">No run had ground truth yet: PSNR and kernel-MSE trends appear "
-                     "once calibration frames (with .sharp.png / .kernel.npy sidecars) are restored.</p>")
-    parts += [f"<div class=\"note\">{html.escape(NO_REFERENCE_NOTE)}</div>",
-              f"<div class=\"note\">{html.escape(KERNEL_MSE_DEFINITION)}</div>"]
-    files["index.html"] = _page("Checkout restoration runs", "\n".join(parts))
+    pages = max(1, math.ceil(len(runs) / page_size))
+    banner = ""
+    if runs and _text(runs[0].get("status")) in FAILED_STATUSES:
+        newest = runs[0]
+        err = newest.get("error") if isinstance(newest.get("error"), Mapping) else None
+        what = (f"{_esc(err.get('type'))}: {_esc(err.get('message'))}" if err
+                else f"{_fmt(_num(newest.get('quarantine_rate')), '{:.0%}')} of the processed frames "
+                "quarantined")
+        banner = (f"<div class=\"banner failed\" id=\"latest-failed\">Latest run "
+                  f"<a href=\"{quote(str(newest['run_id']))}/index.html\">{_esc(newest['run_id'])}</a> "
+                  f"{_esc(newest.get('status'))}: {what}</div>")
+    for page in range(1, pages + 1):
+        chunk = runs[(page - 1) * page_size: page * page_size]
+        span = f"; runs {(page - 1) * page_size + 1}–{(page - 1) * page_size + len(chunk)}"
+        pager = ""
+        if pages > 1:
+            links = [f"<span>page {page} of {pages}</span>"]
+            if page > 1:
+                links.append(f"<a href=\"{index_page_name(page - 1)}\" rel=\"prev\">← newer</a>")
+            if page < pages:
+                links.append(f"<a href=\"{index_page_name(page + 1)}\" rel=\"next\">older →</a>")
+            pager = f"<p class=\"pager\">{' '.join(links)}</p>"
+        parts = [
+            "<h1>Checkout frame restoration — all runs</h1>",
+            banner if page == 1 else "",
+            f"<p class=\"muted\">{len(runs)} run{'s' if len(runs) != 1 else ''}, newest first"
+            f"{span if pages > 1 else ''}.</p>",
+            pager,
+        ]
+        if chunk:
+            parts.append(f"<table id=\"runs-table\" class=\"sortable\"><thead>{head}</thead>"
+                         f"<tbody>{''.join(row_html(s) for s in chunk)}</tbody></table>")
+        else:
+            parts.append("<p class=\"muted\" id=\"no-runs\">No runs yet.</p>")
+        parts.append(pager)
+        if page == 1:
+            if plots:
+                parts += ["<h2>Trends (runs that restored frames)</h2>",
+                          f"<div class=\"hists\">{''.join(plots)}</div>"]
+            if runs and not any(_num(means(s).get("psnr")) is not None for s in runs):
+                parts.append("<p class=\"muted\">No run had ground truth yet: PSNR and kernel-MSE trends "
+                             "appear once calibration frames (with .sharp.png / .kernel.npy sidecars) are "
+                             "restored.</p>")
+            parts += [f"<div class=\"note\">{html.escape(NO_REFERENCE_NOTE)}</div>",
+                      f"<div class=\"note\">{html.escape(KERNEL_MSE_DEFINITION)}</div>"]
+        files[index_page_name(page)] = _page("Checkout restoration runs", "\n".join(p for p in parts if p))
     return files
 
 
@@ -636,20 +856,19 @@ def write_reports(
     images: ImageReader,
     *,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    page_size: int = DEFAULT_PAGE_SIZE,
 ) -> str:
-    """Render and put the run's report under ``reports/<run-id>/``, then refresh
-    ``reports/index.html`` from every run's ``summary.json`` (:func:`storage.reports.load_summaries`;
-    this run's ``summary`` is used whether or not its ``summary.json`` is written yet).
-    ``index.html`` is written after its thumbnails and plots, so a reader never sees a page that
-    points at missing files. Returns the key of the run's ``index.html``."""
+    """Render and put the run's report under ``reports/<run-id>/``, then add the run to
+    ``reports/runs.json`` (:func:`storage.reports.update_run_index`: one read, not one per run ever
+    written) and rewrite the index pages from it. Pages are written after their thumbnails and
+    plots, so a reader never sees a page that points at missing files. Returns the key of the
+    run's ``index.html``."""
     if summary.get("run_id", run_id) != run_id:
         raise ValueError(f"summary says run_id {summary.get('run_id')!r}, writing it for {run_id!r}")
     files = render_run_report({**summary, "run_id": run_id}, rows, images, max_frames=max_frames)
-    for name in sorted(files, key=lambda n: n == "index.html"):
+    for name in sorted(files, key=lambda n: (n.endswith(".html"), n == "index.html")):
         dest.put(report_key(run_id, name), files[name])
-    summaries = [s for s in load_summaries(dest) if s.get("run_id") != run_id]
-    summaries.append({**summary, "run_id": run_id})
-    index = render_index(summaries)
-    for name in sorted(index, key=lambda n: n == "index.html"):
+    index = render_index(update_run_index(dest, {**summary, "run_id": run_id}), page_size=page_size)
+    for name in sorted(index, key=lambda n: (n.endswith(".html"), n == "index.html")):
         dest.put(f"{REPORTS_PREFIX}{name}" if name != "index.html" else REPORTS_INDEX_KEY, index[name])
     return report_key(run_id, "index.html")

@@ -150,3 +150,60 @@ def load_summaries(dest_store: ObjectStore, *, limit: int | None = None) -> list
         summary.setdefault("run_id", run_id)
         out.append(summary)
     return out
+
+
+RUN_INDEX_KEY = f"{REPORTS_PREFIX}runs.json"
+_INDEX_FIELDS = ("run_id", "status", "error", "started_at", "finished_at", "config_name", "config_hash",
+                 "counts", "means", "quarantine_rate", "skip_reasons", "deferred", "frames_per_s")
+
+
+def compact_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a run summary the all-runs index shows and plots."""
+    return _json_safe({k: summary[k] for k in _INDEX_FIELDS if k in summary})
+
+
+def load_run_index(dest_store: ObjectStore) -> list[dict[str, Any]]:
+    """Compact summaries of every run, newest first, from ``reports/runs.json`` (one read); built
+    once from every ``summary.json`` when the file is missing or unreadable (older destinations)."""
+    try:
+        data = json.loads(dest_store.get(RUN_INDEX_KEY))
+        if isinstance(data, list) and all(isinstance(s, dict) and "run_id" in s for s in data):
+            return data
+        log.warning("rebuilding %s in %s: unexpected content", RUN_INDEX_KEY, dest_store.uri)
+    except ObjectNotFoundError:
+        pass
+    except ValueError as exc:
+        log.warning("rebuilding unreadable %s in %s: %s", RUN_INDEX_KEY, dest_store.uri, exc)
+    return [compact_summary(s) for s in load_summaries(dest_store)]
+
+
+def update_run_index(dest_store: ObjectStore, summary: Mapping[str, Any], *,
+                     drop: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Add (or replace) one run in ``reports/runs.json``, drop ``drop`` run ids; returns the index."""
+    run_id = summary["run_id"]
+    gone = {run_id, *drop}
+    runs = [s for s in load_run_index(dest_store) if s.get("run_id") not in gone]
+    runs.append(compact_summary(summary))
+    runs.sort(key=lambda s: str(s.get("run_id")), reverse=True)
+    dest_store.put(RUN_INDEX_KEY, json.dumps(runs, indent=0, allow_nan=False).encode())
+    return runs
+
+
+def prune_runs(dest_store: ObjectStore, keep_runs: int, *, keep: set[str] | frozenset[str] = frozenset()
+               ) -> list[str]:
+    """Retention: delete every object of all but the newest ``keep_runs`` report folders (run ids in
+    ``keep`` are never deleted) and drop them from ``reports/runs.json``; returns the removed ids."""
+    if keep_runs < 1:
+        raise ValueError("keep_runs must be >= 1")
+    runs = list_runs(dest_store)  # oldest first
+    old = [r for r in runs[: max(0, len(runs) - keep_runs)] if r not in keep]
+    for run_id in old:
+        for key in list(dest_store.list(f"{REPORTS_PREFIX}{run_id}/")):
+            dest_store.delete(key)
+    if old:
+        try:
+            index = [s for s in load_run_index(dest_store) if s.get("run_id") not in set(old)]
+            dest_store.put(RUN_INDEX_KEY, json.dumps(index, indent=0, allow_nan=False).encode())
+        except ValueError as exc:
+            log.warning("could not update %s after pruning: %s", RUN_INDEX_KEY, exc)
+    return old

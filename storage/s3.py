@@ -318,6 +318,13 @@ class S3Store:
             ),
         )
 
+    def delete(self, key: str) -> None:
+        """DeleteObject (missing is fine on S3)."""
+        if self._read_only:
+            raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to delete {key!r}")
+        full = self._root + validate_key(key)
+        self._call("DeleteObject", key, lambda: self._client.delete_object(Bucket=self._bucket, Key=full))
+
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""

@@ -85,20 +85,23 @@ def discover(
     prefix: str = "",
     *,
     on_invalid: Callable[[str, str], None] | None = None,
+    on_other: Callable[[str], None] | None = None,
 ) -> Iterator[FrameRef]:
     """Yield a :class:`FrameRef` per frame under ``prefix``, pairing its sidecars.
 
     Memory is bounded (one listing page, plus the groups whose ``<id>.`` prefix contains the
     current key). Keys breaking the key rules (possible on S3) go to ``on_invalid(key,
-    problem)`` (default: a logged warning); orphan sidecars and unrelated files are ignored.
+    problem)`` (default: a logged warning); keys that are neither a frame nor a sidecar
+    (``.bmp``, ``.tiff``, ``notes.txt``) go to ``on_other(key)``; orphan sidecars are ignored.
     Order: frames come out as the listing passes their last key, sorted by id among those
     closed together — deterministic for a given listing.
     """
     keys = store.list(prefix)  # validates the prefix now, not at the first next()
-    return _discover(keys, on_invalid or _warn_invalid)
+    return _discover(keys, on_invalid or _warn_invalid, on_other)
 
 
-def _discover(keys: Iterator[str], report: Callable[[str, str], None]) -> Iterator[FrameRef]:
+def _discover(keys: Iterator[str], report: Callable[[str, str], None],
+              other: Callable[[str], None] | None = None) -> Iterator[FrameRef]:
     open_groups: dict[str, _Group] = {}
     for key in keys:
         try:
@@ -110,6 +113,8 @@ def _discover(keys: Iterator[str], report: Callable[[str, str], None]) -> Iterat
         yield from _emit(open_groups, sorted(done))
         found = classify(key)
         if found is None:
+            if other is not None:
+                other(key)
             continue
         kind, frame_id = found
         group = open_groups.setdefault(frame_id, _Group())

@@ -34,11 +34,12 @@ from flows.dashboard import (
 )
 from storage.base import ObjectStore
 from storage.report_html import KERNEL_MSE_DEFINITION, store_images, write_reports
-from storage.reports import write_summary
+from storage.reports import write_frames_report, write_summary
 from storage.stores import open_store
 
 RUN_OLD = "20260301T020000Z-0a1b2c"
 RUN_NEW = "20260302T020000Z-3d4e5f"
+RUN_FAILED = "20260303T020000Z-6a7b8c"
 N_RESTORED = 7
 NAN = float("nan")
 
@@ -67,6 +68,8 @@ class _Dom:
     body: dict[str, str]
     rows: dict[str, int]  # tbody rows per table id
     text: str
+    links: list[str]
+    row_classes: dict[str, list[str]]  # class of each tbody row per table id
 
 
 class _DomParser(HTMLParser):
@@ -75,6 +78,8 @@ class _DomParser(HTMLParser):
         self.body: dict[str, str] = {}
         self.rows: dict[str, int] = {}
         self.text: list[str] = []
+        self.links: list[str] = []
+        self.row_classes: dict[str, list[str]] = {}
         self._table: str | None = None
         self._tbody = False
 
@@ -89,6 +94,9 @@ class _DomParser(HTMLParser):
             self._tbody = True
         elif tag == "tr" and self._tbody and self._table is not None:
             self.rows[self._table] += 1
+            self.row_classes.setdefault(self._table, []).append(a.get("class", ""))
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"])
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "tbody":
@@ -103,7 +111,7 @@ class _DomParser(HTMLParser):
 def dump_dom(binary: str, url: str) -> _Dom:
     parser = _DomParser()
     parser.feed(headless_chromium("--dump-dom", url, binary=binary).stdout)
-    return _Dom(parser.body, parser.rows, " ".join(parser.text))
+    return _Dom(parser.body, parser.rows, " ".join(parser.text), parser.links, parser.row_classes)
 
 
 # ----------------------------------------------------------------------------- a synthetic run
@@ -225,8 +233,18 @@ def publish_runs(root: Path) -> Path:
     dst = open_store(root / "out", durable=False)
     for run_id, seed, n in ((RUN_OLD, 1, 4), (RUN_NEW, 2, N_RESTORED)):
         summary, rows = build_run(src, dst, run_id, seed=seed, n_restored=n)
+        summary["status"] = "succeeded"
+        write_frames_report(dst, run_id, rows)
         write_summary(dst, run_id, summary)
         write_reports(dst, run_id, summary, rows, store_images(src, dst))
+    failed = {"run_id": RUN_FAILED, "status": "failed", "started_at": "2026-03-03T02:00:00Z",
+              "finished_at": "2026-03-03T02:00:04Z", "source": src.uri, "dest": dst.uri,
+              "config_name": "default", "counts": {"restored": 0, "skipped": 0, "quarantined": 0, "total": 0},
+              "error": {"type": "StoreAccessError",
+                        "message": "S3 ListObjectsV2 of s3://shop-frames/inbox failed with SlowDown "
+                                   "(HTTP 503) after 5 attempt(s)"}}
+    write_summary(dst, RUN_FAILED, failed)
+    write_reports(dst, RUN_FAILED, failed, [], store_images(src, dst))
     return root / "out"
 
 
@@ -270,8 +288,10 @@ def test_report_renders_in_chromium(chromium: str, published: Path, tmp_path: Pa
 
     assert index.body.get("data-ready") == "1" and index.body["data-broken-images"] == "0"
     assert int(index.body["data-images-total"]) == 4  # restored, residual, kernel-MSE, PSNR trends
-    assert index.rows["runs-table"] == 2
-    assert index.text.index(RUN_NEW) < index.text.index(RUN_OLD)  # newest first
+    assert index.rows["runs-table"] == 3
+    assert index.text.index(RUN_FAILED) < index.text.index(RUN_NEW) < index.text.index(RUN_OLD)
+    assert index.row_classes["runs-table"] == ["failed", "", ""]  # the failed night on top, in red
+    assert "Latest run" in index.text and "SlowDown" in index.text
 
     with Image.open(shot) as im:
         assert im.size == (1280, 1600)
@@ -309,3 +329,45 @@ def test_dashboard_screenshot_command(chromium: str, published: Path, tmp_path: 
 def test_chromium_failure_is_reported() -> None:
     with pytest.raises(RuntimeError, match="chromium exited"):
         headless_chromium("--dump-dom", "--definitely-not-a-flag", binary="/bin/false")
+
+
+def _links_answer(server: ReportsServer, page_url: str, links: list[str]) -> list[str]:
+    """Every link of a page fetched from the dashboard; returns those that do not answer 200."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urljoin
+
+    bad = []
+    for href in links:
+        url = urljoin(page_url, href)
+        assert url.startswith(server.url)  # nothing points off the dashboard
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                if resp.status != 200:
+                    bad.append(f"{href}: {resp.status}")
+        except urllib.error.HTTPError as exc:
+            bad.append(f"{href}: {exc.code}")
+    return bad
+
+
+def test_full_size_side_by_side_failed_run_and_no_broken_links(chromium: str, published: Path) -> None:
+    with dashboard(published) as server:
+        run_url = f"{server.url}{RUN_NEW}/"
+        run = dump_dom(chromium, run_url)
+        frame_pages = sorted({h for h in run.links if h.startswith("frames/")})
+        assert len(frame_pages) == N_RESTORED
+        frame_url = run_url + frame_pages[0]
+        frame = dump_dom(chromium, frame_url)
+        index = dump_dom(chromium, server.url)
+        failed = dump_dom(chromium, f"{server.url}{RUN_FAILED}/")
+        assert _links_answer(server, run_url, run.links) == []
+        assert _links_answer(server, frame_url, frame.links) == []
+        assert _links_answer(server, server.url, index.links) == []
+        assert _links_answer(server, f"{server.url}{RUN_FAILED}/", failed.links) == []
+
+    # input, restored (full size, 320x240, served from the source and the destination) and kernel
+    assert frame.body["data-broken-images"] == "0", frame.body.get("data-broken-srcs")
+    sizes = frame.body["data-natural-sizes"].split()
+    assert sizes[:2] == ["320x240", "320x240"] and len(sizes) == 3
+    assert "input (before)" in frame.text and "restored (after)" in frame.text
+    assert failed.body["data-ready"] == "1" and "Run FAILED" in failed.text and "SlowDown" in failed.text

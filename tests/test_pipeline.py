@@ -214,3 +214,183 @@ def test_a_frame_that_always_kills_its_actor_is_isolated_and_quarantined(local_r
     assert all(by_key[f"{n}.png"]["status"] == "restored" for n in names if n != "f2")
     assert resubmitted == 4  # the batch of 4 was split into single frames after its first crash
     assert read_ledger(dst, "f2") is None and read_ledger(dst, "f1") is not None
+
+
+# ----------------------------------------------------------------------------- the operator's night
+
+
+class _Hook:
+    """A webhook receiver on 127.0.0.1 that records the POSTed JSON bodies."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every log record of the flow and task run loggers, formatted."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep(level=logging.DEBUG)
+    logger = logging.getLogger("prefect")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+
+
+def _all_text(root: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.timeout(150)
+def test_failed_run_is_reported_alerted_and_exits_non_zero(
+        prefect_api: None, local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], log_lines: list[str]) -> None:
+    import flows.pipeline as pipeline_module
+    from flows.actors import PipelineError
+
+    src, dst = tmp_path / "inbox", tmp_path / "out"
+    write_frames(open_store(src), ["a", "b"], truth=False)
+    assert main(["run", "--source", str(src), "--dest", str(dst), "--config", "smoke"]) == 0  # a good night
+    capsys.readouterr()
+
+    def broken(*_: object) -> str:
+        raise PipelineError("priors do not load: image prior checksum mismatch")
+
+    monkeypatch.setattr(pipeline_module, "expected_model_version", broken)
+    hook = _Hook()
+    token = "hook-token-3b9f1c77"
+    monkeypatch.setenv("CHECKOUT_RESTORE_WEBHOOK_URL", hook.url(f"/services/{token}"))
+    try:
+        from flows.cli import main as cli_main
+
+        assert cli_main(["run", "--source", str(src), "--dest", str(dst), "--config", "smoke"]) == 1
+    finally:
+        hook.close()
+    out, err = capsys.readouterr()
+    assert "status:      failed" in out and "report:" in out
+    assert err.strip().splitlines() == [
+        "checkout-restore: error: PipelineError: priors do not load: image prior checksum mismatch",
+        "checkout-restore: rerun with --debug for the traceback"]
+
+    dest = open_store(dst)
+    runs = sorted(p.name for p in (dst / "reports").iterdir() if p.is_dir())
+    failed = json.loads(dest.get(f"reports/{runs[-1]}/summary.json"))
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"type": "PipelineError",
+                               "message": "priors do not load: image prior checksum mismatch"}
+    index = (dst / "reports" / "index.html").read_text()
+    assert index.index(runs[-1]) < index.index(runs[0])  # on top
+    assert 'id="latest-failed"' in index and '<tr class="failed" data-status="failed">' in index
+    page = (dst / "reports" / runs[-1] / "index.html").read_text()
+    assert 'class="banner failed"' in page and "checksum mismatch" in page
+
+    assert len(hook.bodies) == 1
+    path, body = hook.bodies[0]
+    assert path == f"/services/{token}" and body["status"] == "failed" and body["run_id"] == runs[-1]
+    assert "PipelineError" in body["text"]
+    assert any("webhook" in line and "delivered" in line for line in log_lines)
+    # the URL (it carries a token) is in no file, report or log line
+    assert token not in _all_text(dst) and token not in out + err
+    assert not any(token in line for line in log_lines)
+
+
+@pytest.mark.timeout(150)
+def test_unreachable_destination_fails_fast_to_the_local_fallback(
+        prefect_api: None, tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch,
+        log_lines: list[str]) -> None:
+    from storage.errors import StoreAccessError
+
+    src = tmp_path / "inbox"
+    write_frames(open_store(src), ["a"], truth=False)
+    fallback = tmp_path / "fallback"
+    monkeypatch.setenv("CHECKOUT_RESTORE_FALLBACK_DIR", str(fallback))
+    with pytest.raises(StoreAccessError, match="NoSuchBucket") as err:
+        restore_frames(str(src), "s3://no-such-bucket-0c4d/out", "smoke")
+    report_uri = err.value.report_uri  # type: ignore[attr-defined]
+    assert report_uri.startswith(fallback.as_uri())
+    runs = [p.name for p in (fallback / "reports").iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    summary = json.loads((fallback / "reports" / runs[0] / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"]["type"] == "StoreAccessError"
+    assert summary["dest"] == "s3://no-such-bucket-0c4d/out"
+    assert (fallback / "reports" / "index.html").is_file()
+    assert any("fallback" in line and str(fallback) in line for line in log_lines)
+    # a missing bucket is permanent: discover-frames ran once, no Prefect retry
+    assert not any("Retry" in line and "discover-frames" in line for line in log_lines)
+
+
+@pytest.mark.timeout(200)
+def test_quality_gate_unsupported_files_progress_lines_and_dashboard_link(
+        prefect_api: None, local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        log_lines: list[str]) -> None:
+    src, dst = tmp_path / "inbox", tmp_path / "out"
+    source = open_store(src)
+    write_frames(source, ["good"], truth=True)
+    source.put("bad1.png", truncated_png(1))
+    source.put("bad2.png", truncated_png(2))
+    source.put("scan.bmp", b"BM" + bytes(60))
+    source.put("lane/x.tiff", b"II*\x00" + bytes(60))
+    config = tmp_path / "gate.yaml"
+    config.write_text("restoration:\n  working_size: 48\n  kernel_size: 15\n  steps: 8\n  batch_size: 1\n"
+                      "alerts:\n  max_quarantine_rate: 0.5\n"
+                      "reports:\n  dashboard_url: http://127.0.0.1:8765\n")
+    assert main(["run", "--source", str(src), "--dest", str(dst), "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert "status:      failed_quality" in out and "(2 unsupported files)" in out
+    assert "quality gate: 67% of the processed frames were quarantined (threshold 50%" in err
+
+    dest = open_store(dst)
+    run_id = next(p.name for p in (dst / "reports").iterdir() if p.is_dir())
+    summary = json.loads(dest.get(f"reports/{run_id}/summary.json"))
+    assert summary["status"] == "failed_quality"  # every frame was processed, then the gate closed
+    assert summary["counts"] == {"restored": 1, "skipped": 2, "quarantined": 2, "total": 5}
+    assert summary["skip_reasons"] == {"unsupported_format": 2}
+    assert summary["quarantine_rate"] == pytest.approx(2 / 3)
+    rows = load_frames_report(dest, run_id).set_index("key")
+    for key in ("scan.bmp", "lane/x.tiff"):
+        assert (rows.loc[key, "status"], rows.loc[key, "reason"]) == ("skipped", "unsupported_format")
+        assert ".png, .jpg, .jpeg, .webp" in rows.loc[key, "detail"]
+    assert np.isfinite(rows.loc["good.png", "psnr_in"]) and np.isfinite(rows.loc["good.png", "psnr"])
+    page = (dst / "reports" / run_id / "index.html").read_text()
+    assert 'data-status="failed_quality"' in page and 'id="before-after"' in page
+    assert any("unsupported_format" in line for line in log_lines)
+    # three frames in three batches: one compact progress line (every 100 frames and at the end)
+    progress = [line for line in log_lines if line.startswith(("3/3 frames", "batch "))]
+    assert progress == [next(p for p in progress if p.startswith("3/3 frames"))]
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[
+            "restore-frames-report"])))
+    mine = [a for a in arts if str(a.flow_run_id) == summary["flow_run_id"]]
+    assert [a.type for a in mine] == ["link"] and f"http://127.0.0.1:8765/{run_id}/" in mine[0].data

@@ -200,8 +200,10 @@ def test_run_report_structure_and_worst_first_by_residual() -> None:
     assert len(frames[0]) == 5 + 3 + 1
     assert page.sub_texts == ["200×120 px"] * 4
     # quarantine list grouped by reason
-    assert page.tables["quarantine-table"] == [["zero.png", "empty_file"], ["broken.jpg", "truncated_image"]]
-    assert page.tables["skipped-table"] == [["old.jpg", "already_restored"]]
+    assert [r[:2] for r in page.tables["quarantine-table"]] == [["zero.png", "empty_file"],
+                                                              ["broken.jpg", "truncated_image"]]
+    assert all(len(r) == 3 for r in page.tables["quarantine-table"])  # + detail: on the page, not only in CSV
+    assert [r[:2] for r in page.tables["skipped-table"]] == [["old.jpg", "already_restored"]]
 
     # every image the page shows is one of the returned files, and each is a decodable PNG
     assert len(page.imgs) == 4 * 3 + 3  # thumbnails + residual/sharpness/extent histograms
@@ -263,7 +265,8 @@ def test_html_escaping_of_keys_and_reasons() -> None:
     assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;.jpg" in text
     assert "<b>" not in text and "<i>x</i>" not in text and "ok&amp;co.jpg" in text
     page = _Page(text)
-    assert page.tables["quarantine-table"] == [["<script>alert(1)</script>.jpg", 'bad "<b>"']]
+    assert [r[:2] for r in page.tables["quarantine-table"]] == [["<script>alert(1)</script>.jpg",
+                                                              'bad "<b>"']]
 
 
 def test_caps_on_table_sizes_and_no_restored_frames() -> None:
@@ -332,8 +335,9 @@ def test_index_newest_first_with_trends() -> None:
     page = _page(files)
     runs = page.tables["runs-table"]
     assert [r[0] for r in runs] == [run_c, RUN_B, RUN_A]
-    assert [r[4] for r in runs] == ["0", "2", "1"]
-    assert runs[1][8] == "25.00" and runs[2][8] == "—"
+    assert [r[1] for r in runs] == ["succeeded"] * 3  # no status in these summaries: shown as succeeded
+    assert [r[5] for r in runs] == ["0", "2", "1"]
+    assert runs[1][9] == "25.00" and runs[2][9] == "—"
     links = [h for h in page.links if h.endswith("index.html")]
     assert links == [f"{r}/index.html" for r in (run_c, RUN_B, RUN_A)]
     assert set(page.imgs) == {f"trend_{m}.png" for m in ("restored", "residual", "psnr", "kernel_mse")}
@@ -381,7 +385,8 @@ def test_write_reports_puts_files_and_refreshes_index(tmp_path: Path) -> None:
     key = write_reports(recording, RUN_A, summary_a, rows_a, store_images(src, dst))
     assert key == f"reports/{RUN_A}/index.html"
     run_puts = [k for k in recording.puts if k.startswith(f"reports/{RUN_A}/")]
-    assert run_puts[-1] == key and len(run_puts) == 1 + 4 * 3 + 3
+    frame_pages = [k for k in run_puts if "/frames/" in k]
+    assert run_puts[-1] == key and len(frame_pages) == 4 and len(run_puts) == 1 + 4 * 3 + 3 + 4
     assert recording.puts[-1] == "reports/index.html"
     page = _Page(dst.get(key).decode())
     assert all(dst.exists(f"reports/{RUN_A}/{src_}") for src_ in page.imgs)
@@ -486,8 +491,11 @@ def test_dashboard_serves_reports_only(served: tuple[ReportsServer, object]) -> 
         assert b"outside the store" not in body
     # http.server folds a leading "//" to "/": reports/secret.txt, which does not exist
     assert _get(server, "//secret.txt")[0] == 404
-    # outputs and the ledger live beside reports/ but are not served
-    assert _get(server, "/restored/lane1/a.png")[0] == 404
+    # outputs are served read-only (full-size "after"); the ledger is not
+    status, headers, png = _get(server, "/restored/lane1/a.png")
+    assert status == 200 and png == dst.get("restored/lane1/a.png")  # type: ignore[attr-defined]
+    dst.put("ledger/lane1/a.json", b"{}")  # type: ignore[attr-defined]
+    assert _get(server, "/ledger/lane1/a.json")[0] == 404
     assert _get(server, "/", method="POST")[0] == 501
 
 
@@ -511,7 +519,8 @@ def test_dashboard_proxies_s3(tmp_path: Path, s3_bucket: str) -> None:
         status, _, body = _get(server, "/")
         assert status == 200 and RUN_A.encode() in body
         assert _get(server, "/../restored/lane1/x.png")[0] == 400
-        assert _get(server, "/restored/lane1/x.png")[0] == 404
+        status, _, png = _get(server, "/restored/lane1/x.png")
+        assert status == 200 and png == dst.get("restored/lane1/x.png")
     finally:
         server.shutdown()
         server.server_close()
