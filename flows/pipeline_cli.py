@@ -146,8 +146,9 @@ def _one_line_console_logs() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Validate first; then serve, retrying with backoff while the Prefect API is unreachable."""
-    from flows.daemon import Backoff, stop_on_signals
+    """Validate first; then serve, retrying with backoff while the Prefect API is unreachable.
+    SIGTERM / Ctrl-C stop cleanly also while waiting (Prefect's runner handles them once serving)."""
+    from flows.daemon import Backoff
     from flows.preflight import check_run
 
     checked = check_run(args.source, args.dest, args.config)
@@ -156,22 +157,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("checkout_restore.serve")
     backoff = Backoff("Prefect API", log)
-    while True:
-        try:
-            # upload events carry the canonical source URI
-            serve_deployments(checked.source_uri, args.dest, checked.config, args.config,
-                              name_prefix=args.name_prefix)
-            return 0
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            delay = backoff.failed(exc)
-        except Exception as exc:  # httpx/Prefect wrap connection failures in their own types
-            if "connect" not in type(exc).__name__.lower() and "connect" not in str(exc).lower():
-                raise
-            delay = backoff.failed(exc)
-        with stop_on_signals() as stop:
-            if stop.wait(delay):
-                log.info("stopped while waiting for the Prefect API")
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            try:
+                # upload events carry the canonical source URI
+                serve_deployments(checked.source_uri, args.dest, checked.config, args.config,
+                                  name_prefix=args.name_prefix)
                 return 0
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                delay = backoff.failed(exc)
+            except Exception as exc:  # httpx/Prefect wrap connection failures in their own types
+                if "connect" not in type(exc).__name__.lower() and "connect" not in str(exc).lower():
+                    raise
+                delay = backoff.failed(exc)
+            time.sleep(delay)
+    except KeyboardInterrupt:
+        log.info("stopped")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -184,3 +184,29 @@ def test_the_documented_prefect_automation_is_valid() -> None:
     automation = AutomationCore.model_validate(yaml.safe_load(block.group(1)))
     assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     assert automation.actions[0].type == "send-notification"
+
+
+def test_serve_waits_for_an_unreachable_prefect_api_and_stops_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--source", str(tmp_path / "inbox"),
+                             "--dest", str(tmp_path / "out"), "--config", "smoke"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "unavailable" in line or not line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(lines) + rest
+    assert "Prefect API unavailable" in err and err.count("unavailable") == 1, err
+    assert proc.returncode == 0 and "Traceback" not in err, err
