@@ -109,12 +109,16 @@ class RestoreWorker:
                  restorer_factory: RestorerFactory | None = None) -> None:
         import torch
 
+        from flows.device import choose_device
         from flows.restorer import FrameRestorer
         from storage.stores import open_store
 
         torch.set_num_threads(max(1, threads))  # one actor per core share, no oversubscription
         self._settings = RestorationSettings.model_validate(settings)
-        self._restorer = (restorer_factory or FrameRestorer)(self._settings, device)
+        self._device = choose_device(device, torch.cuda.is_available(), torch.cuda.device_count())
+        self._restorer = (restorer_factory or FrameRestorer)(self._settings, str(self._device))
+        # GPU: frames per vectorised call bounded by measured memory (flows/device.py); CPU: no bound.
+        self._pixel_budget = self._measure_pixel_budget() if self._device.type == "cuda" else None
         self._ctx = ctx
         self._source = open_store(ctx.source_uri, read_only=True)
         self._dest = open_store(ctx.dest_uri)
@@ -122,7 +126,33 @@ class RestoreWorker:
 
     def ready(self) -> dict[str, Any]:
         """Called once after start: the priors are loaded when this returns."""
-        return {"model_version": self._restorer.model_version, "pid": os.getpid()}
+        return {"model_version": self._restorer.model_version, "pid": os.getpid(),
+                "device": str(self._device), "pixel_budget": self._pixel_budget}
+
+    def _measure_pixel_budget(self) -> int | None:
+        """Probe the restorer's peak GPU memory (1 and 2 frames, one step) -> pixels per call."""
+        import torch
+
+        from flows.device import probe_memory
+        from flows.restorer import FrameInput, FrameRestorer
+
+        if not isinstance(self._restorer, FrameRestorer):
+            return None  # a test's stand-in restorer: nothing to measure
+        size = self._settings.working_size
+        probe = FrameRestorer(self._settings.model_copy(update={"steps": 1}), str(self._device),
+                              priors=(self._restorer.image_prior, self._restorer.kernel_prior))
+        image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        model = probe_memory(
+            lambda n: probe([FrameInput(key=f"probe{i}", image=image, mask=None, seed_key=f"probe{i}")
+                             for i in range(n)]), size * size, self._device)
+        free, _ = torch.cuda.mem_get_info(self._device)
+        return model.pixel_budget(free)
+
+    def _working_pixels(self, image: np.ndarray) -> int:
+        from flows.restorer import _working_shape
+
+        h, w, _ = _working_shape(*image.shape[:2], self._settings.working_size)
+        return h * w
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -176,11 +206,18 @@ class RestoreWorker:
         return item
 
     def _restore_all(self, items: list[_Decoded], rows: dict[str, dict]) -> list[tuple[_Decoded, Any]]:
-        """Restore ``items`` in one call; if that call fails, frame by frame to find the culprit."""
+        """Restore ``items`` in one call; if that call fails, frame by frame to find the culprit.
+        On a GPU the batch is first split into calls that fit its memory (per-frame results do not
+        depend on batch mates, so the split changes nothing but the peak memory)."""
+        from flows.device import split_by_pixels
         from flows.restorer import FrameInput
 
         if not items:
             return []
+        if self._pixel_budget is not None and len(items) > 1:
+            groups = split_by_pixels([self._working_pixels(d.image) for d in items], self._pixel_budget)
+            if len(groups) > 1:
+                return [pair for g in groups for pair in self._restore_all([items[i] for i in g], rows)]
         frames = [FrameInput(key=d.ref.key, image=d.image, mask=d.mask,
                              seed_key=f"{d.ref.key}:{self._ctx.config_hash}") for d in items]
         try:

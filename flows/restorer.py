@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from flows.config import RestorationSettings
+from flows.device import to_device, use_bf16
 from restoration.classical import blind_kernel
 from restoration.cvsa import restore_blind
 from restoration.kernels import kernel_extent
@@ -96,6 +97,8 @@ class FrameRestorer:
     ) -> None:
         self.settings = settings
         self.device = torch.device(device)
+        cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.bf16 = use_bf16(settings.bf16, self.device.type, cuda_bf16)  # bf16 autocast where it pays
         self.image_prior, self.kernel_prior = priors or (
             load_shipped("image", device=device),
             load_shipped("kernel", device=device),
@@ -157,8 +160,8 @@ class FrameRestorer:
                 else _resize(f.mask.astype(np.uint8) * 255, (h, w), Image.Resampling.NEAREST) >= 128
             )
             ms.append(torch.from_numpy(mask).float()[None])
-        y = torch.stack(ys).to(self.device)
-        m = torch.stack(ms).to(self.device)
+        y = to_device(torch.stack(ys), self.device)  # pinned + asynchronous to a GPU
+        m = to_device(torch.stack(ms), self.device)
         # noise std on the [-1, 1] scale, per frame: area downscaling by 1/scale averages it down
         sigma = torch.tensor([2.0 * s.noise_sigma * sc for sc in scales], dtype=torch.float64)
         if s.kernel_init not in KERNEL_INITS:
@@ -168,7 +171,7 @@ class FrameRestorer:
             classical = blind_kernel(y.double(), m.double(), s.kernel_size).to(y.dtype)
             kernel_init, known = (classical, None) if s.kernel_init == "classical" else (None, classical)
         result = restore_blind(
-            y, m, autocast_score(self.image_prior, s.bf16), autocast_score(self.kernel_prior, s.bf16),
+            y, m, autocast_score(self.image_prior, self.bf16), autocast_score(self.kernel_prior, self.bf16),
             image_cld=self.image_prior.cld, kernel_cld=self.kernel_prior.cld,
             kernel_size=s.kernel_size, steps=s.steps, noise_sigma=sigma,
             generator=[generator_for(f.seed_key, device=self.device) for f in frames],
