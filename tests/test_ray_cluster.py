@@ -54,7 +54,8 @@ def _config(tmp_path: Path) -> Path:
 def test_token_required(cluster: RayCluster) -> None:
     assert cluster.query("ray.cluster_resources().get('restore_worker')") == 2.0
     print("cluster listeners:", sorted(listeners(cluster.pids())))  # docs/deploy.md lists what binds where
-    no_token = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    no_token = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    no_token["RAY_AUTH_MODE"] = "disabled"  # explicit: never picks up a ~/.ray/auth_token file either
     no_token["RAY_gcs_server_port_wait_time_s"] = "3"  # give up quickly instead of retrying for 20 s
     assert cluster.query("1", env=no_token) is None
 
