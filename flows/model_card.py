@@ -5,7 +5,11 @@ checkpoints in restoration/checkpoints are measured, `--prior-dir runs/prior_ima
 run in progress):
 
     denoise        image prior: one-step x0_hat vs the best Gaussian-filter denoiser on 64
-                   held-out renders at t in {0.05, 0.1, 0.2, 0.4}
+                   held-out renders at t in {0.05, 0.1, 0.2, 0.4} (`--set native`: 128-px
+                   crops of held-out native-resolution frames, restoration.synthetic.native)
+    x0-figure      image prior: x0_hat at t = 0.1 / 0.2 / 0.4 on held-out renders (PNG)
+    gain-curve     image prior: gain over the best Gaussian filter vs training steps, all runs
+                   (docs/prior_image_gain_history.csv, appended by `denoise --record RUN`)
     kernel-stats   kernel prior: unconditional samples (projected by from_prior) vs the
                    generator's kernels: mass concentration and extent; sample grid PNG
     image-samples  image prior: grid of unconditional samples (whatever they look like)
@@ -56,6 +60,41 @@ def heldout_renders(n: int, size: int) -> torch.Tensor:
     return render_batch(list(range(HELDOUT_SEED_START, HELDOUT_SEED_START + n)), size, fonts)
 
 
+#: Held-out native-resolution frames: seeds from here on (inside the held-out range, disjoint
+#: from the scene renders the scene table uses).
+NATIVE_HELDOUT_START = HELDOUT_SEED_START + 1_000_000
+#: Training native frames for the Wiener reference spectrum (train range, disjoint from the
+#: seeds configs/prior_image_v2.yaml trains on).
+NATIVE_REFERENCE_START = 900_000
+
+
+def native_crops(seeds: Sequence[int], crop: int, cache_dir: Path | None = None) -> torch.Tensor:
+    """One crop x crop window per native frame (position drawn from the seed), [-1, 1].
+
+    Cached as uint8 under cache_dir (native frames take ~1 s each to render).
+    """
+    from restoration.synthetic.native import NATIVE_VERSION, render_native
+
+    seeds = list(seeds)
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / f"native-crops-v{NATIVE_VERSION}-{seeds[0]}-{len(seeds)}-{crop}.npy"
+        if path.exists():
+            return torch.from_numpy(np.load(path)).float() / 127.5 - 1.0
+    fonts = sorted(glob.glob(FONT_GLOB))
+    out = []
+    for s in seeds:
+        img = render_native(int(s), None, fonts)
+        rng = np.random.default_rng([int(s), 7])
+        y, x = (int(rng.integers(0, img.shape[i] - crop + 1)) for i in (0, 1))
+        out.append(img[y : y + crop, x : x + crop].transpose(2, 0, 1))
+    arr = np.stack(out)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, arr)
+    return torch.from_numpy(arr).float() / 127.5 - 1.0
+
+
 def _to01(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) / 2).float()
 
@@ -70,10 +109,14 @@ def gaussian_denoise_psnr(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def wiener_spectrum(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and power spectrum (1, 3, size, size) of n training renders."""
-    fonts = sorted(glob.glob(FONT_GLOB))
-    x = render_batch(list(range(n)), size, fonts).double()
+def wiener_spectrum(n: int, size: int, x: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and power spectrum (1, 3, size, size) of n training renders (or of
+    the given training images x)."""
+    if x is None:
+        fonts = sorted(glob.glob(FONT_GLOB))
+        x = render_batch(list(range(n)), size, fonts)
+    x = x.double()
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     return mean, (torch.fft.fft2(x - mean).abs() ** 2).mean(0, keepdim=True)
 
@@ -97,11 +140,18 @@ def wiener_x0(cld_: object, x: torch.Tensor, v: torch.Tensor, t_val: float,
 
 @torch.no_grad()
 def denoise_table(prior: Prior, n: int = 64, size: int = 64, seed: int = 0,
-                  batch: int = 16) -> list[dict]:
-    """Rows per t: PSNR of x0_hat (prior), x0_hat (Gaussian base only), best Gaussian filter."""
+                  batch: int = 16, x0: torch.Tensor | None = None,
+                  spectrum: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
+    """Rows per t: PSNR of x0_hat (prior), x0_hat (Gaussian base only), best Gaussian filter.
+
+    Default set: n held-out scene renders at size; or the given clean images x0 with the
+    Wiener reference `spectrum` (mean, power) of matching training images.
+    """
     cld = prior.cld
-    x0 = heldout_renders(n, size)
-    mean, power = wiener_spectrum(512, size)
+    if x0 is None:
+        x0 = heldout_renders(n, size)
+    n = x0.shape[0]
+    mean, power = spectrum if spectrum is not None else wiener_spectrum(512, x0.shape[-1])
     rows = []
     for t_val in DENOISE_TS:
         g = torch.Generator().manual_seed(seed + int(t_val * 1000))
@@ -138,11 +188,18 @@ def denoise_table(prior: Prior, n: int = 64, size: int = 64, seed: int = 0,
     return rows
 
 
-def denoise_markdown(rows: Sequence[dict], prior: Prior, n: int, size: int) -> str:
+def _prior_label(prior: Prior) -> str:
+    init = prior.meta.get("init_from")
+    tail = f", warm-started from `{init['version']}` ({init['steps']} steps)" if init else ""
+    return f"Image prior `{prior.version}` ({prior.meta.get('steps')} steps{tail})"
+
+
+def denoise_markdown(rows: Sequence[dict], prior: Prior, n: int, size: int,
+                     what: str | None = None) -> str:
+    what = what or (f"{n} held-out renders {size}x{size} (seeds {HELDOUT_SEED_START}.."
+                    f"{HELDOUT_SEED_START + n - 1})")
     lines = [
-        f"Image prior `{prior.version}` ({prior.meta.get('steps')} steps), {n} held-out renders "
-        f"{size}x{size} (seeds {HELDOUT_SEED_START}..{HELDOUT_SEED_START + n - 1}); PSNR in dB "
-        "on [0, 1], mean over images.",
+        f"{_prior_label(prior)}, {what}; PSNR in dB on [0, 1], mean over images.",
         "",
         "| t | noise σ of x_t/D_xx ([-1,1]) | prior x̂0 | Gaussian-base x̂0 (untrained net) "
         "| linear Wiener on (x_t, v_t) | best Gaussian filter (per-image σ) "
@@ -269,14 +326,196 @@ def replace_block(doc: Path, name: str, text: str) -> None:
     doc.write_text(pat.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), src))
 
 
+def native_set(n: int, crop: int, cache_dir: Path | None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], str]:
+    """(held-out native crops, Wiener spectrum of training native crops, description)."""
+    x0 = native_crops(range(NATIVE_HELDOUT_START, NATIVE_HELDOUT_START + n), crop, cache_dir)
+    ref = native_crops(range(NATIVE_REFERENCE_START, NATIVE_REFERENCE_START + 64), crop,
+                       cache_dir)
+    what = (f"{n} held-out native-resolution frames (restoration.synthetic.native, seeds "
+            f"{NATIVE_HELDOUT_START}..{NATIVE_HELDOUT_START + n - 1}, 256-512 px, camera "
+            f"augmentations), one {crop}x{crop} crop each; Wiener spectrum from 64 training "
+            "native crops")
+    return x0, wiener_spectrum(64, crop, ref), what
+
+
 def cmd_denoise(args: argparse.Namespace) -> str:
     prior = get_prior("image", args.prior_dir)
     t0 = time.monotonic()
-    rows = denoise_table(prior, args.n, args.size)
-    md = denoise_markdown(rows, prior, args.n, args.size)
+    if args.set == "native":
+        x0, spectrum, what = native_set(args.n, args.crop, args.cache_dir)
+        rows = denoise_table(prior, x0=x0, spectrum=spectrum)
+        md = denoise_markdown(rows, prior, x0.shape[0], args.crop, what)
+    else:
+        rows = denoise_table(prior, args.n, args.size)
+        md = denoise_markdown(rows, prior, args.n, args.size)
     print(md)
     print(f"({time.monotonic() - t0:.0f} s)")
-    _dump(args, "denoise", rows)
+    _dump(args, f"denoise_{args.set}", rows)
+    if args.record:
+        record_gains(args.docs / GAIN_HISTORY, args.record, prior, args.set, rows)
+    return md
+
+
+GAIN_HISTORY = "prior_image_gain_history.csv"
+
+
+def record_gains(path: Path, run: str, prior: Prior, set_name: str, rows: Sequence[dict]) -> None:
+    """Append (run, cumulative steps, set, t, gain) rows to the gain-history CSV."""
+    init = prior.meta.get("init_from") or {}
+    total = int(prior.meta.get("steps", 0)) + int(init.get("steps", 0))
+    if not path.exists():
+        path.write_text("run,version,cumulative_steps,set,t,gain_db\n")
+    with path.open("a") as f:
+        for r in rows:
+            f.write(f"{run},{prior.version},{total},{set_name},{r['t']},{r['gain_db']:.2f}\n")
+
+
+def cmd_gain_curve(args: argparse.Namespace) -> str:
+    """Gain over the per-image best Gaussian filter vs cumulative training steps, per t."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r.split(",") for r in (args.docs / GAIN_HISTORY).read_text().splitlines()[1:] if r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100, sharey=False)
+    for ax, set_name in zip(axes, ("scene", "native"), strict=True):
+        sub = [r for r in rows if r[3] == set_name]
+        for t in DENOISE_TS:
+            pts = sorted((int(r[2]), float(r[5]), r[0]) for r in sub if float(r[4]) == t)
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"t={t}")
+            for x, y, run in pts:
+                if run != "v1":
+                    ax.annotate(run, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("cumulative training steps (warm starts add the parent's)")
+        ax.set_ylabel("gain of x̂0 over best per-image Gaussian filter (dB)")
+        ax.set_title(f"{set_name} held-out set", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.docs / "prior_image_gain_curve.png")
+    plt.close(fig)
+    md = f"gain curve of {len(rows)} measurements: `docs/prior_image_gain_curve.png`"
+    print(md)
+    return md
+
+
+@torch.no_grad()
+def cmd_x0_figure(args: argparse.Namespace) -> str:
+    """Clean held-out render | x_t / D_xx | x0_hat at t = 0.1, 0.2, 0.4 (3 scene, 3 native)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prior = get_prior("image", args.prior_dir)
+    cld = prior.cld
+    sets = [heldout_renders(3, 64),
+            native_crops(range(NATIVE_HELDOUT_START, NATIVE_HELDOUT_START + 3), args.crop,
+                         args.cache_dir)]
+    ts = (0.1, 0.2, 0.4)
+    fig, axes = plt.subplots(6, 1 + 2 * len(ts), figsize=(2.0 * (1 + 2 * len(ts)), 12.4), dpi=90)
+    row = 0
+    for x0 in sets:
+        cols = [("clean (held out)", x0)]
+        for t_val in ts:
+            g = torch.Generator().manual_seed(args.seed + int(t_val * 1000))
+            t = torch.full((x0.shape[0],), t_val, dtype=torch.float64)
+            p = cld.perturb(x0, t, g)
+            dxx = float(cld.mean_matrix(torch.tensor(t_val, dtype=torch.float64))[0, 0])
+            est = cld.x0_hat(p.x, p.v, prior.score(p.x, p.v, t), t)
+            cols += [(f"x_t / D_xx, t={t_val}", p.x / dxx), (f"x̂0, t={t_val}", est)]
+        for i in range(x0.shape[0]):
+            for j, (title, imgs) in enumerate(cols):
+                ax = axes[row + i, j]
+                ax.imshow(_to01(imgs[i]).permute(1, 2, 0).numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row + i == 0 or (row + i == 3 and j == 0):
+                    ax.set_title(title if row + i == 0 else "clean (native crop)", fontsize=8)
+        row += x0.shape[0]
+    fig.suptitle(f"{_prior_label(prior)}: one-step x̂0; rows 1-3 scene renders 64 px, "
+                 f"rows 4-6 native crops {args.crop} px", fontsize=9)
+    fig.tight_layout()
+    out = args.docs / "prior_image_x0hat.png"
+    fig.savefig(out)
+    plt.close(fig)
+    md = f"x̂0 figure: `{out}`"
+    print(md)
+    return md
+
+
+KERNEL_SIZE_TS = (0.05, 0.1, 0.2, 0.4)
+
+
+@torch.no_grad()
+def kernel_size_rows(prior: Prior, n: int, seed: int, kinds: Sequence[str], canvas: int,
+                     big: int = 63) -> list[dict]:
+    """One-step kernel denoising on generator kernels (held-out seed): the prior on its own
+    canvas, on `big`-px kernels run directly (the conv net on a larger canvas), and on `big`-px
+    kernels via the prior's canvas (kernels.resample_kernel down, x0_hat, from_prior, back up).
+    Kernel NCC / MSE (restoration.metrics) against the true kernel on its canvas."""
+    from restoration.kernels import resample_kernel, to_prior
+    from restoration.metrics import kernel_mse, kernel_ncc
+
+    g = torch.Generator().manual_seed(20_000_000 + seed)
+    small, large = sample_kernels(n, canvas, g, kinds), sample_kernels(n, big, g, kinds)
+    cld = prior.cld
+
+    def denoise(k: torch.Tensor, t_val: float) -> torch.Tensor:
+        p0 = to_prior(k)
+        if t_val == 0:
+            return from_prior(p0)
+        t = torch.full((k.shape[0],), t_val, dtype=torch.float64)
+        u = cld.perturb(p0, t, torch.Generator().manual_seed(seed + int(t_val * 1000)))
+        x0 = torch.cat([cld.x0_hat(u.x[i:i + 64], u.v[i:i + 64],
+                                   prior.score(u.x[i:i + 64], u.v[i:i + 64], t[i:i + 64]),
+                                   t[i:i + 64]) for i in range(0, k.shape[0], 64)])
+        return from_prior(x0.clamp(-1, 1))
+
+    rows = []
+    for t_val in (0.0, *KERNEL_SIZE_TS):
+        cases = {
+            f"{canvas} px kernels, prior canvas": (denoise(small, t_val), small),
+            f"{big} px kernels, net run at {big} px": (denoise(large, t_val), large),
+            f"{big} px kernels via the {canvas}-px canvas":
+                (resample_kernel(denoise(resample_kernel(large, canvas), t_val).double(), big),
+                 large),
+        }
+        for name, (est, truth) in cases.items():
+            rows.append({"t": t_val, "case": name,
+                         "ncc": float(kernel_ncc(est.double(), truth.double()).mean()),
+                         "mse_1e4": float(kernel_mse(est.double(), truth.double()).mean()) * 1e4})
+    return rows
+
+
+def cmd_kernel_sizes(args: argparse.Namespace) -> str:
+    prior = get_prior("kernel", args.prior_dir)
+    kinds = prior.meta.get("data", {}).get("kinds", ["motion", "gaussian", "defocus", "mixture"])
+    canvas = int(prior.meta.get("data", {}).get("size", 31))
+    rows = kernel_size_rows(prior, args.n, args.seed, kinds, canvas)
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    lines = [
+        f"Kernel prior `{prior.version}`: one-step x̂0 (CVSA Prop. 4.2) of {args.n} held-out "
+        "generator kernels per size, projected by `from_prior`; kernel NCC (higher is better) / "
+        "kernel-MSE ×1e4 against the truth on its own canvas, mean over kernels. t = 0: the "
+        "projection (and resampling) alone.",
+        "",
+        "| t | " + " | ".join(cases) + " |",
+        "|---|" + "---|" * len(cases),
+    ]
+    for t_val in (0.0, *KERNEL_SIZE_TS):
+        cells = [f"{r['ncc']:.3f} / {r['mse_1e4']:.3f}" for c in cases for r in rows
+                 if r["t"] == t_val and r["case"] == c]
+        lines.append(f"| {t_val:g} | " + " | ".join(cells) + " |")
+    md = "\n".join(lines)
+    print(md)
+    _dump(args, "kernel_sizes", rows)
     return md
 
 
@@ -385,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command",
                         choices=["denoise", "kernel-stats", "image-samples", "loss-plot", "cards",
-                                 "all"])
+                                 "x0-figure", "gain-curve", "kernel-sizes", "all"])
     parser.add_argument("--prior-dir", type=Path, default=None,
                         help="directory with <prior>.safetensors/.json (default: shipped)")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
@@ -397,6 +636,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="reverse-SDE steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--set", choices=["scene", "native"], default="scene",
+                        help="denoise: held-out scene renders (--size) or native crops (--crop)")
+    parser.add_argument("--crop", type=int, default=128, help="native-set crop size")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
+    parser.add_argument("--record", default=None,
+                        help="denoise: append the gains to docs/prior_image_gain_history.csv "
+                             "under this run name")
     parser.add_argument("--write", action="store_true",
                         help="also write the command's table into docs/models.md")
     args = parser.parse_args(argv)
@@ -404,9 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = {"denoise": cmd_denoise, "kernel-stats": cmd_kernel_stats,
            "image-samples": cmd_image_samples, "loss-plot": cmd_loss_plot, "cards": cmd_cards,
-           "all": cmd_all}[args.command](args)
-    if args.write and args.command in ("denoise", "kernel-stats", "image-samples"):
-        replace_block(args.docs / "models.md", args.command, out)
+           "x0-figure": cmd_x0_figure, "gain-curve": cmd_gain_curve,
+           "kernel-sizes": cmd_kernel_sizes, "all": cmd_all}[args.command](args)
+    if args.write and args.command in ("denoise", "kernel-stats", "image-samples", "kernel-sizes"):
+        block = "denoise-native" if args.command == "denoise" and args.set == "native" else (
+            args.command)
+        replace_block(args.docs / "models.md", block, out)
     return 0
 
 

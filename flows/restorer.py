@@ -105,6 +105,12 @@ class FrameRestorer:
         )
         self.model_version = f"{self.image_prior.version}+{self.kernel_prior.version}"
 
+    def kernel_canvas(self, kernel_size: int) -> int | None:
+        """The kernel process's canvas: the kernel prior's training canvas when the configured
+        kernel is larger (kernels resampled between the two; docs/models.md, "Kernel sizes")."""
+        trained = self.kernel_prior.meta.get("data", {}).get("size")
+        return int(trained) if trained and int(trained) < kernel_size else None
+
     def __call__(
         self, frames: list[FrameInput], progress: Callable[[int, int], None] | None = None
     ) -> list[FrameOutput]:
@@ -177,7 +183,8 @@ class FrameRestorer:
             generator=[generator_for(f.seed_key, device=self.device) for f in frames],
             method=s.method, image_guidance=s.image_guidance, kernel_guidance=s.kernel_guidance,
             prox_strength=s.prox_strength, renoise=s.renoise, kernel_init=kernel_init, known_kernel=known,
-            kernel_t_start=s.kernel_t_start, callback=progress,
+            kernel_t_start=s.kernel_t_start, kernel_canvas=self.kernel_canvas(s.kernel_size),
+            callback=progress,
         )  # fmt: skip
         gains = sharpness_gain(result.x, y, m)
         extents = kernel_extent(result.kernel.double())

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from restoration.cld import CLD
-from restoration.kernels import from_prior, to_prior
+from restoration.kernels import from_prior, resample_kernel, to_prior
 from restoration.operators import blur, crop_from_canvas, pad_to_canvas
 from restoration.proximal import image_prox, kernel_least_squares
 from restoration.rng import Generators, randn
@@ -229,7 +229,8 @@ def proximal_rho(
 
 
 def _blind_paper_scores(
-    x, v, kp, kv, t, y, mask, image_score, kernel_score, image_cld, kernel_cld, noise_sigma, wi, wk
+    x, v, kp, kv, t, y, mask, image_score, kernel_score, image_cld, kernel_cld, noise_sigma, wi, wk,
+    kernel_size=None,
 ):
     """CVSA Alg. 2 steps 2-5: both velocity scores plus the gradient of the shared data term."""
     with torch.enable_grad():
@@ -238,7 +239,7 @@ def _blind_paper_scores(
         s = image_score(x, v_req, t)
         sk = kernel_score(kp, kv_req, t)
         x0 = image_cld.x0_hat(x, v_req, s, t)
-        k0 = soft_kernel(kernel_cld.x0_hat(kp, kv_req, sk, t))
+        k0 = resample_kernel(soft_kernel(kernel_cld.x0_hat(kp, kv_req, sk, t)), kernel_size or kp.shape[-1])
         r2 = (mask * (y - blur(x0, k0))).flatten(1).pow(2).sum(dim=1)
         nll = r2 / (2.0 * noise_sigma.flatten() ** 2)
         g_v, g_kv = torch.autograd.grad(nll.sum(), (v_req, kv_req))
@@ -247,7 +248,7 @@ def _blind_paper_scores(
 
 def _proximal_kernel_step(
     kp, kv, t, y, mask, x0, k_est, p_ls, kernel_score, kernel_cld, *, update, blend, reg, cg_iters, threshold
-):
+):  # k_est is on the data's K x K canvas, kp / p_ls on the kernel process's canvas
     """Kernel half of a proximal step: least-squares kernel from x0_hat's gradients (an explicit
     M-step, as in Fast Diffusion EM), blended into the kernel process's x0 estimate; the kernel
     velocity score is shifted so that its x0_hat becomes the blend. Returns (score, kernel, p_ls)."""
@@ -255,11 +256,13 @@ def _proximal_kernel_step(
     p0 = kernel_cld.x0_hat(kp, kv, sk, t)
     if update:
         gray_y, gray_x = y.mean(dim=1, keepdim=True), x0.mean(dim=1, keepdim=True)
-        p_ls = to_prior(soft_project(kernel_least_squares(gray_y, mask, gray_x, k_est, reg, cg_iters)))
+        k_ls = soft_project(kernel_least_squares(gray_y, mask, gray_x, k_est, reg, cg_iters))
+        p_ls = to_prior(resample_kernel(k_ls, kp.shape[-1]))
     p_new = p0 + blend * (p_ls - p0)
     _, _, dk = kernel_cld.x0_hat_coefficients(t)
     sk = sk + dk.to(p0.dtype).reshape(-1, 1, 1, 1) * (p_new - p0)
-    return sk, soft_kernel(p_new, threshold=threshold), p_ls, p_new
+    k_new = resample_kernel(soft_kernel(p_new, threshold=threshold), k_est.shape[-1])
+    return sk, k_new, p_ls, p_new
 
 
 def renoise_step(
@@ -319,6 +322,7 @@ def restore_blind(
     grad_reg: float = 20.0,
     kernel_t_start: float = 1.0,
     canvas_multiple: int = 8,
+    kernel_canvas: int | None = None,
     callback: StepCallback | None = None,
 ) -> BlindResult:
     """Blind CVSA: Algorithm 2 of the CVSA paper ("paper") or its proximal extension ("proximal").
@@ -331,7 +335,11 @@ def restore_blind(
     on x0_hat once t <= kernel_t_start.
     The image lives on a canvas padded by K - 1 (valid convolution,
     restoration/operators.py) and rounded up to `canvas_multiple`; the kernel process lives in the
-    kernel prior's representation (restoration/kernels.py: to_prior/from_prior).
+    kernel prior's representation (restoration/kernels.py: to_prior/from_prior). With
+    `kernel_canvas` smaller than `kernel_size` (a kernel prior trained on a 31-px canvas, kernels
+    up to 63 px) the kernel process runs on the prior's canvas and its kernel is area-resampled
+    to `kernel_size` for the data term, least-squares kernels back (kernels.resample_kernel;
+    docs/models.md, "Kernel sizes").
 
     "paper": both processes take the literal gradient of -||y - M (k0_hat * x0_hat)||^2/(2 sigma^2)
     w.r.t. their velocities, scaled by image_guidance / kernel_guidance (Alg. 2 steps 4-5).
@@ -346,12 +354,15 @@ def restore_blind(
         raise ValueError("known_kernel (non-blind) needs method='proximal'")
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    kc = kernel_size if kernel_canvas is None else int(kernel_canvas)
+    if kc % 2 != 1 or kc > kernel_size:
+        raise ValueError(f"kernel_canvas must be odd and <= kernel_size, got {kernel_canvas}")
     batch, channels, h, w = y.shape
     if mask is None:
         mask = torch.ones(batch, 1, h, w, dtype=y.dtype, device=y.device)
     y_p, m_p, offsets = pad_to_canvas(y, mask, kernel_size, multiple=canvas_multiple)
     canvas = (batch, channels, offsets.canvas_height, offsets.canvas_width)
-    kshape = (batch, 1, kernel_size, kernel_size)
+    kshape = (batch, 1, kc, kc)  # the kernel process's canvas
     dtype, device = y.dtype, y.device
     sigma = torch.as_tensor(noise_sigma, dtype=torch.float64).expand(batch)
     sigma_b = sigma.to(dtype=dtype, device=device).reshape(-1, 1, 1, 1)
@@ -360,10 +371,10 @@ def restore_blind(
     kp, kv = randn(kshape, generator, device, dtype), randn(kshape, generator, device, dtype)
     v, kv = v * image_cld.mass**0.5, kv * kernel_cld.mass**0.5
     grid = time_grid(image_cld, steps, power=grid_power if method == "proximal" else 1.0)
-    x_est, k_est = x, soft_kernel(kp, threshold=kernel_threshold)
+    x_est, k_est = x, resample_kernel(soft_kernel(kp, threshold=kernel_threshold), kernel_size)
     if kernel_init is not None:
         k_est = kernel_init.to(dtype)
-    p_ls = to_prior(k_est)
+    p_ls = to_prior(resample_kernel(k_est, kc))
     anchored = kernel_init is not None
     for i in range(steps):
         t = torch.full((batch,), float(grid[i]), dtype=torch.float64)
@@ -372,7 +383,7 @@ def restore_blind(
         if method == "paper":
             s, sk, x_est, k_soft = _blind_paper_scores(
                 x, v, kp, kv, t, y_p, m_p, image_score, kernel_score, image_cld, kernel_cld,
-                sigma_b, image_guidance, kernel_guidance,
+                sigma_b, image_guidance, kernel_guidance, kernel_size,
             )  # fmt: skip
             k_est = k_soft
         else:

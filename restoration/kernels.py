@@ -482,3 +482,38 @@ def from_prior(
 def project(k: torch.Tensor) -> torch.Tensor:
     """The projection ``from_prior(to_prior(k))``: the kernel the prior can represent."""
     return from_prior(to_prior(k))
+
+
+# --------------------------------------------------------------------------- canvas resampling
+def resample_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(n_out, n_in) area-resampling matrix between centred pixel grids of n_in and n_out.
+
+    The whole input canvas maps onto the whole output canvas (scale r = n_in / n_out input
+    pixels per output pixel, centre on centre); entry (j, i) is the length of input pixel i
+    that falls inside output pixel j, in input-pixel units. Every column sums to 1, so a
+    kernel's mass is conserved exactly, and a symmetric kernel stays centred.
+    """
+    _check_size(n_in, 1)
+    _check_size(n_out, 1)
+    r = n_in / n_out
+    i = torch.arange(n_in, dtype=torch.float64) - (n_in - 1) / 2
+    j = torch.arange(n_out, dtype=torch.float64) - (n_out - 1) / 2
+    lo = torch.maximum((j[:, None] - 0.5) * r, i[None, :] - 0.5)
+    hi = torch.minimum((j[:, None] + 0.5) * r, i[None, :] + 0.5)
+    return (hi - lo).clamp_min(0).to(dtype)
+
+
+def resample_kernel(k: torch.Tensor, size: int) -> torch.Tensor:
+    """Kernels (B, 1, K, K) area-resampled to (B, 1, size, size): A k A^T (`resample_matrix`).
+
+    Used to run the kernel prior (trained on its canvas, e.g. 31 px) for larger product kernels
+    (up to 63 px): resample the 63-px kernel to the prior's canvas and the prior's kernel back
+    (docs/models.md, "Kernel sizes"). Mass is conserved (sum 1 stays sum 1); a round trip
+    63 -> 31 -> 63 loses detail finer than ~2 px. Linear, so autograd passes through it.
+    """
+    _check_batch(k)
+    n = k.shape[-1]
+    if size == n:
+        return k
+    a = resample_matrix(n, size, k.dtype).to(k.device)
+    return a @ k @ a.T
