@@ -91,12 +91,12 @@ _METRICS: tuple[_Metric, ...] = (
     _Metric("residual", "residual", "{:.3f}", False, None),
     _Metric("sharpness_gain", "sharpness gain", "{:.2f}", False, True),
     _Metric("kernel_extent", "kernel extent", "{:.2f}", False, None),
+    _Metric("psnr_in", "input PSNR (dB)", "{:.2f}", True, True),  # the input against the truth
     _Metric("psnr", "PSNR (dB)", "{:.2f}", True, True),
+    _Metric("ssim_in", "input SSIM", "{:.3f}", True, True),
     _Metric("ssim", "SSIM", "{:.3f}", True, True),
     _Metric("kernel_mse", "kernel-MSE", "{:.2e}", True, False),
     _Metric("kernel_ncc", "kernel NCC", "{:.3f}", True, True),
-    _Metric("psnr_in", "input PSNR (dB)", "{:.2f}", True, True),
-    _Metric("ssim_in", "input SSIM", "{:.3f}", True, True),
 )
 _BY_COLUMN = {m.column: m for m in _METRICS}
 
@@ -512,6 +512,14 @@ def _extra_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
     return list(seen)
 
 
+def _field(column: str, value: object) -> str:
+    if column in _BY_COLUMN:
+        return _fmt(_num(value), _BY_COLUMN[column].fmt)
+    if isinstance(value, float):
+        return _fmt(_num(value), "{:.4g}")
+    return _text(value)
+
+
 def _frame_page(files: dict[str, bytes], run_id: str, row: Mapping[str, object], images: ImageReader) -> str:
     """Input and output side by side at full size, mask and kernel, every field of the row."""
     key = _text(row.get("key"))
@@ -530,8 +538,7 @@ def _frame_page(files: dict[str, bytes], run_id: str, row: Mapping[str, object],
                     f"<a href=\"{href}\"><img{cls} src=\"{href}\" "
                     f"alt=\"{_esc(label)} {_esc(key)}\"></a></figure>")
     fields = "".join(
-        f"<dt>{_esc(c)}</dt><dd>{_esc(_fmt(_num(v), _BY_COLUMN[c].fmt) if c in _BY_COLUMN else v)}</dd>"
-        for c, v in row.items() if _text(v) != ""
+        f"<dt>{_esc(c)}</dt><dd>{_esc(_field(c, v))}</dd>" for c, v in row.items() if _text(v) != ""
     )
     body = (f"<p><a href=\"../index.html\">← run {_esc(run_id)}</a></p>"
             f"<h1 class=\"mono\">{_esc(key)}</h1>"
