@@ -645,7 +645,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames-per-suite", type=int, default=BenchSpec.frames_per_suite,
                    help="frames per suite")
     p.add_argument("--size", type=int, default=BenchSpec.size, help="side of the square frames")
-    p.add_argument("--suites", default=",".join(SUITES), help="comma-separated suites")
+    p.add_argument("--suites", default=",".join(SUITES),
+                   help="comma-separated suites, or table1 / table1:TASK,... (flows/table1.py)")
     p.add_argument("--fonts", default=DEFAULT_FONT_GLOB, help="glob of TrueType fonts")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device")
@@ -675,6 +676,10 @@ def bench_main(args: argparse.Namespace) -> int:
     """Generate (or take) the frames, run the methods, write results.parquet / results.md."""
     if not hasattr(args, "argv"):  # called through flows.cli: record the command as typed
         args.argv = sys.argv[1:]
+    from flows.table1 import parse_tasks, run_table1  # the non-blind suite (its own module)
+
+    if (tasks := parse_tasks(args.suites)) is not None:
+        return run_table1(args, tasks)
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,6 +31,7 @@ SUBCOMMANDS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("flows.demo", "add_demo_parser",
      {"demo": "restore a synthetic local inbox end to end (embedded default)"}),
     ("flows.bench", "add_bench_parser", {"bench": "benchmark restoration methods on a deterministic set"}),
+    ("flows.restore_cli", "add_restore_parser", {"restore": "restore one image for a known task (sr4, ...)"}),
 )
 
 EXIT_FAILED = 1  # the run failed (or ended failed_quality)

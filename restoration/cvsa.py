@@ -16,7 +16,7 @@ from torch import Tensor
 from restoration.cld import CLD
 from restoration.kernels import from_prior, resample_kernel, to_prior
 from restoration.operators import blur, crop_from_canvas, pad_to_canvas
-from restoration.proximal import image_prox, kernel_least_squares
+from restoration.proximal import conjugate_gradient, image_prox, kernel_least_squares
 from restoration.rng import Generators, randn
 
 ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -57,6 +57,8 @@ GUIDANCE: dict[str, Callable[[Tensor, float, float], Tensor]] = {
     "literal": literal_log_likelihood,
     "dps": dps_log_likelihood,
 }
+#: Guidance computed in closed form (no backpropagation through the network); needs H^T.
+CLOSED_FORM_GUIDANCE = ("dmps",)
 
 
 def time_grid(cld: CLD, steps: int, dtype: torch.dtype = torch.float64, power: float = 1.0) -> Tensor:
@@ -100,6 +102,52 @@ def conditional_score(
     return s.detach() + grad_v, x0.detach(), r2.detach()
 
 
+def dmps_velocity_score(
+    x: Tensor,
+    v: Tensor,
+    t: Tensor,
+    y: Tensor,
+    operator: Operator,
+    adjoint: Operator,
+    cld: CLD,
+    *,
+    noise_sigma: float,
+    cg_iters: int = 20,
+) -> Tensor:
+    """DMPS's closed-form likelihood score (Meng & Kabashima 2024, Theorem 1) transplanted to CLD.
+
+    DMPS's Assumption 1 takes p(x0) uninformative w.r.t. p(u_t | x0) = N(D_t (x0, 0), Sigma_t)
+    (v0 marginalised into Sigma_t). Per pixel, with d = (D^xx, D^vx) and Sigma_t^-1 entries
+    sigma^..: x0 | u_t ~ N(m_t, tau_t^2), tau_t^-2 = a_t = d^T Sigma_t^-1 d and
+    m_t = d^T Sigma_t^-1 u_t / a_t, so for y = H x0 + n
+
+        p~(y | u_t) = N(y; H m_t, sigma^2 I + tau_t^2 H H^T),
+        grad_{v_t} log p~(y | u_t) = (d_t / a_t) H^T (sigma^2 I + tau_t^2 H H^T)^-1 (y - H m_t),
+
+    d_t = sigma^xv D^xx + sigma^vv D^vx being CVSA Alg. 1's coefficient (dm_t/dv_t = d_t / a_t).
+    It is DMPS's Eq. (10) with (1/sqrt(abar_t), (1 - abar_t)/abar_t) replaced by CLD's
+    (d_t / a_t, tau_t^2). The inverse is solved by CG (exact in 1-2 iterations for masks and
+    area downsampling, whose H H^T is diagonal). Linear H only.
+    """
+    inv_xv, _, d_t = cld.x0_hat_coefficients(t)
+    cov = cld.covariance(t)
+    det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] ** 2
+    inv_xx = cov[..., 1, 1] / det
+    dm = cld.mean_matrix(t)
+    dxx, dvx = dm[..., 0, 0], dm[..., 1, 0]
+    cx = inv_xx * dxx + inv_xv * dvx  # (Sigma^-1 d)_x
+    a_t = cx * dxx + d_t * dvx  # d^T Sigma^-1 d
+    m = (_col(cx / a_t, x) * x + _col(d_t / a_t, x) * v).to(x.dtype)
+    tau2 = _col(1.0 / a_t, y).to(y.dtype)
+    r = y - operator(m)
+
+    def cov_y(z: Tensor) -> Tensor:
+        return noise_sigma**2 * z + tau2 * operator(adjoint(z))
+
+    z = conjugate_gradient(cov_y, r, r / (noise_sigma**2 + tau2), cg_iters)
+    return _col(d_t / a_t, x).to(x.dtype) * adjoint(z)
+
+
 def reverse_step(
     cld: CLD, x: Tensor, v: Tensor, score: Tensor, dtau: float, noise: Tensor | None
 ) -> tuple[Tensor, Tensor]:
@@ -127,6 +175,8 @@ def restore(
     generator: Generators,
     guidance_scale: float = 1.0,
     guidance: str = "literal",
+    adjoint: Operator | None = None,
+    grid_power: float = 1.0,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     callback: StepCallback | None = None,
@@ -135,13 +185,19 @@ def restore(
 
     y: observations (B, ...); operator: H with H(x) shaped like y, or None to sample the prior
     (y is then ignored). `guidance_scale=1.0` with `guidance="literal"` is the paper's weight
-    1/(2 sigma^2); "dps" uses zeta * ||y - H(x0_hat)||. `generator` may be one generator or one per
-    sample (then a frame restored alone equals it restored in a batch).
+    1/(2 sigma^2); "dps" uses zeta * ||y - H(x0_hat)||; "dmps" adds `guidance_scale` times
+    :func:`dmps_velocity_score` (needs `adjoint`, no backpropagation through the network).
+    `generator` may be one generator or one per sample (then a frame restored alone equals it
+    restored in a batch). `grid_power` = 1 is Alg. 1's uniform time grid (`time_grid`).
     """
-    if guidance not in GUIDANCE:
-        raise ValueError(f"unknown guidance {guidance!r}; choose from {sorted(GUIDANCE)}")
+    if guidance not in GUIDANCE and guidance not in CLOSED_FORM_GUIDANCE:
+        raise ValueError(
+            f"unknown guidance {guidance!r}; choose from {sorted((*GUIDANCE, *CLOSED_FORM_GUIDANCE))}"
+        )
     if operator is not None and y is None:
         raise ValueError("an operator needs observations y")
+    if guidance == "dmps" and operator is not None and adjoint is None:
+        raise ValueError("dmps guidance needs the operator's adjoint (linear H)")
     if dtype is None:
         dtype = y.dtype if y is not None else torch.float32
     if device is None and y is not None:
@@ -149,16 +205,22 @@ def restore(
     batch = shape[0]
     x, v = randn(shape, generator, device, dtype), randn(shape, generator, device, dtype)
     v = v * cld.mass**0.5  # u_T ~ N(0, I) x N(0, M I)
-    grid = time_grid(cld, steps)
+    grid = time_grid(cld, steps, power=grid_power)
     x0 = x
     r2 = None
     for i in range(steps):
         t = torch.full((batch,), float(grid[i]), dtype=torch.float64)
         dtau = float(grid[i] - grid[i + 1])
-        if operator is None:
+        if operator is None or guidance == "dmps":
             with torch.no_grad():
                 s = score_fn(x, v, t)
                 x0 = cld.x0_hat(x, v, s, t)
+                if operator is not None:
+                    assert adjoint is not None
+                    s = s + guidance_scale * dmps_velocity_score(
+                        x, v, t, y, operator, adjoint, cld, noise_sigma=noise_sigma
+                    )
+                    r2 = misfit(y, operator, x0)
         else:
             s, x0, r2 = conditional_score(
                 x, v, t, y, operator, score_fn, cld,
@@ -176,6 +238,50 @@ def restore(
             diagnostics["residual_rms"] = torch.sqrt(misfit(y, operator, x) / n_obs)
             diagnostics["x0_hat_residual_rms"] = torch.sqrt(r2 / n_obs)
     return RestoreResult(x=x.detach(), x0_hat=x0.detach(), nfe=steps, diagnostics=diagnostics)
+
+
+def restore_proximal(
+    prox: Callable[[Tensor, Tensor], Tensor],
+    score_fn: ScoreFn,
+    *,
+    cld: CLD,
+    shape: tuple[int, ...],
+    steps: int,
+    noise_sigma: float,
+    generator: Generators,
+    prox_strength: float = 1.0,
+    renoise: float = 1.0,
+    grid_power: float = 3.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    callback: StepCallback | None = None,
+) -> RestoreResult:
+    """Proximal CVSA for a known forward model (the non-blind half of `restore_blind`'s "proximal").
+
+    Per step: x0_hat from the prior (CVSA Alg. 1 step 2), replaced by the data-consistent
+    prox(x0_hat, rho_t) = argmin ||y - H x||^2 + rho_t ||x - x0_hat||^2 (+ the task's regulariser),
+    rho_t = `proximal_rho`; then the CLD state moves to the next time by `renoise_step` around the
+    corrected estimate. Power-`grid_power` time grid (`time_grid`). No backpropagation.
+    """
+    batch = shape[0]
+    x, v = randn(shape, generator, device, dtype), randn(shape, generator, device, dtype)
+    v = v * cld.mass**0.5
+    grid = time_grid(cld, steps, power=grid_power)
+    x_new = x
+    for i in range(steps):
+        t = torch.full((batch,), float(grid[i]), dtype=torch.float64)
+        with torch.no_grad():
+            s = score_fn(x, v, t)
+            x0 = cld.x0_hat(x, v, s, t)
+            rho = proximal_rho(cld, t, noise_sigma, prox_strength).to(dtype).reshape(-1, 1, 1, 1)
+            x_new = prox(x0, rho)
+            if i < steps - 1:
+                t_next = torch.full((batch,), float(grid[i + 1]), dtype=torch.float64)
+                zx, zv = randn(shape, generator, device, dtype), randn(shape, generator, device, dtype)
+                x, v = renoise_step(cld, x, v, x_new, t, t_next, renoise, zx, zv)
+        if callback is not None:
+            callback(i + 1, steps)
+    return RestoreResult(x=x_new.detach(), x0_hat=x_new.detach(), nfe=steps)
 
 
 # ---------------------------------------------------------------------------------------------

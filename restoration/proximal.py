@@ -37,6 +37,33 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor,
     return x
 
 
+def linear_prox(
+    y: Tensor,
+    forward: Callable[[Tensor], Tensor],
+    adjoint: Callable[[Tensor], Tensor],
+    x_anchor: Tensor,
+    rho: Tensor | float,
+    iters: int = 12,
+    grad_reg: Tensor | float = 0.0,
+) -> Tensor:
+    """argmin_x ||y - A x||^2 + rho ||x - x_anchor||^2 + mu ||grad x||^2 for a linear A (per sample).
+
+    The normal equations (A^T A + rho I + mu D^T D) x = A^T y + rho x_anchor are solved by CG from
+    x_anchor. mu > 0 adds the Wiener-style gradient penalty that keeps deconvolution noise out of
+    the estimate while the learned prior is still uncertain.
+    """
+    use_grad = not isinstance(grad_reg, float | int) or grad_reg > 0
+
+    def normal(x: Tensor) -> Tensor:
+        out = adjoint(forward(x)) + rho * x
+        if use_grad:
+            gx, gy = _grad_xy(x)
+            out = out + grad_reg * _grad_xy_adjoint(gx, gy)
+        return out
+
+    return conjugate_gradient(normal, adjoint(y) + rho * x_anchor, x_anchor, iters)
+
+
 def image_prox(
     y: Tensor,
     mask: Tensor,
@@ -46,21 +73,16 @@ def image_prox(
     iters: int = 12,
     grad_reg: Tensor | float = 0.0,
 ) -> Tensor:
-    """argmin_x ||y - M (k * x)||^2 + rho ||x - x_anchor||^2 + mu ||grad x||^2 (per-sample rho, mu).
-
-    The normal equations (A^T A + rho I + mu D^T D) x = A^T y + rho x_anchor are solved by CG from
-    x_anchor. mu > 0 adds the Wiener-style gradient penalty that keeps deconvolution noise out of
-    the estimate while the learned prior is still uncertain.
-    """
-
-    def normal(x: Tensor) -> Tensor:
-        out = blur_adjoint(mask * blur(x, kernel), kernel) + rho * x
-        if not isinstance(grad_reg, float) or grad_reg > 0:
-            gx, gy = _grad_xy(x)
-            out = out + grad_reg * _grad_xy_adjoint(gx, gy)
-        return out
-
-    return conjugate_gradient(normal, blur_adjoint(mask * y, kernel) + rho * x_anchor, x_anchor, iters)
+    """:func:`linear_prox` for the masked valid-convolution model A x = M (k * x)."""
+    return linear_prox(
+        y,
+        lambda x: mask * blur(x, kernel),
+        lambda r: blur_adjoint(mask * r, kernel),
+        x_anchor,
+        rho,
+        iters,
+        grad_reg,
+    )
 
 
 def _grad_xy_adjoint(gx: Tensor, gy: Tensor) -> Tensor:
