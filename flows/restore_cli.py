@@ -36,17 +36,18 @@ class RestoreInputError(ValueError):
 
 
 def add_restore_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("restore", help="restore one image for a known task (sr4, inpainting, ...)",
+    p = subparsers.add_parser("restore", help="restore one image for a known task (sr4, ...)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--task", required=True, choices=TASK_NAMES, help="forward model (restoration/tasks.py)")
     p.add_argument("--input", required=True, help="observation: PNG/JPEG (phase retrieval: .npy)")
     p.add_argument("--out", required=True, help="restored PNG")
     p.add_argument("--kernel", help="blur kernel .npy (deblur tasks)")
     p.add_argument("--mask", help="mask PNG, 255 = observed (inpainting)")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                   help=f"restoration method (default {DEFAULT_METHOD})")
     p.add_argument("--seed", default="restore", help="string seeding the sampler's generator")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device")
     p.set_defaults(func=restore_main)
     return p
 
