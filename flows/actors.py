@@ -13,12 +13,15 @@ restarts, ``max_restarts``; a permanently dead one is replaced), so every frame 
 one row. A batch that keeps killing its actor is split into single frames to isolate the culprit,
 which is then quarantined (``worker_crashed``).
 
-Ray runs in-process by default (:func:`ensure_ray`); ``RAY_ADDRESS`` or ``cluster.address``
-connects to an existing cluster instead.
+Ray runs in-process by default (:func:`ensure_ray`), bound to loopback only; ``RAY_ADDRESS`` or
+``cluster.address`` connects to an existing cluster instead. Credentials are never handed to Ray:
+actors of a local instance inherit the driver's environment, cluster nodes use their own.
 """
 
 from __future__ import annotations
 
+import glob
+import importlib
 import json
 import logging
 import math
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,8 +47,9 @@ MAX_RESTARTS = 3  # per actor, then the pool replaces it
 MAX_REPLACEMENTS_PER_ACTOR = 3  # then the run fails: actors that cannot stay up are not a frame's fault
 MAX_ATTEMPTS = 3  # per batch, before it is split into single frames
 LOCAL_MIN_CPUS = 2
-# Passed to actors of a cluster this process started, so workers reach the same object stores.
-_FORWARDED_ENV = ("AWS_", "BOTO_")
+LOCAL_TEMP_PREFIX = "ckr-ray-"  # /tmp/ckr-ray-*: the temp folders of local Ray instances
+OWNER_FILE = "ckr-owner.json"  # in such a folder: the pid (and start time) of the driver owning it
+STALE_UNOWNED_S = 600  # a temp folder without an owner file and no process using it, this old: stale
 
 REPORT_COLUMNS = (
     "key", "id", "status", "reason", "detail", "psnr", "ssim", "kernel_mse", "kernel_ncc", "residual",
@@ -52,7 +57,6 @@ REPORT_COLUMNS = (
     "kernel_png_key", "psnr_in", "ssim_in",
 )
 NAN = float("nan")
-QUARANTINE_FIELD = "quarantine_reason"  # extra ledger field: the frame's content was unusable
 
 RestorerFactory = Callable[[RestorationSettings, str], Any]
 """Builds the batch restorer in the actor: ``factory(settings, device)`` -> an object with
@@ -157,41 +161,52 @@ class RestoreWorker:
     # -- one batch ---------------------------------------------------------------------------
 
     def restore(self, batch: list[FrameRef]) -> list[dict]:
-        """Decode, restore as one vectorised batch, write outputs + ledger; one row per frame."""
+        """Decode, restore as one vectorised batch, write outputs + ledger; one row per frame.
+
+        Every step is isolated per frame: whatever one frame raises becomes that frame's
+        quarantined row (:func:`frame_failure_row`), never the batch's failure."""
         rows: dict[str, dict] = {}
         decoded: list[_Decoded] = []
         for ref in batch:
             try:
                 decoded.append(self._decode(ref))
-            except FrameError as exc:
-                rows[ref.key] = report_row(ref, "quarantined", reason=exc.reason, detail=str(exc))
-                self._remember_quarantine(ref, exc.reason)
-            except StorageError as exc:
-                rows[ref.key] = report_row(ref, "quarantined", reason="read_error", detail=str(exc))
+            except Exception as exc:
+                rows[ref.key] = frame_failure_row(ref, exc, stage="read")
+                if isinstance(exc, FrameError):
+                    self._remember_quarantine(ref, exc.reason)
         for item, out in self._restore_all(decoded, rows):
-            rows[item.ref.key] = self._finish(item, out)
+            try:
+                rows[item.ref.key] = self._finish(item, out)
+            except Exception as exc:
+                rows[item.ref.key] = frame_failure_row(item.ref, exc, stage="write")
         return [rows[ref.key] for ref in batch]
 
     def _remember_quarantine(self, ref: FrameRef, reason: str) -> None:
         """Record a content error in the ledger (no outputs, plus the reason), so reruns skip the
-        frame until its bytes, the config or the models change. Best effort: if the write fails,
-        the next run simply decodes the frame again."""
-        with suppress(StorageError):
-            write_quarantine_entry(self._dest, ref, reason, config_hash=self._ctx.config_hash,
-                                   model_version=self._restorer.model_version, run_id=self._ctx.run_id,
-                                   source_uri=self._ctx.source_uri)
+        frame until its bytes, a sidecar, the config or the models change. Best effort: if the
+        write fails, the next run simply decodes the frame again."""
+        from storage.ledger import record_quarantined
+
+        with suppress(StorageError, ValueError):
+            record_quarantined(self._dest, ref, reason, config_hash=self._ctx.config_hash,
+                               model_version=self._restorer.model_version, run_id=self._ctx.run_id,
+                               source_uri=self._ctx.source_uri)
 
     def _decode(self, ref: FrameRef) -> _Decoded:
+        from storage.frames import read_capped
         from storage.images import decode_frame, decode_mask
         from storage.sidecars import load_kernel
 
-        image = decode_frame(self._source.get(ref.key))
-        mask = decode_mask(self._source.get(ref.mask_key), shape=image.shape) if ref.mask_key else None
+        # Every read is size-capped before any byte is decoded (storage.frames.DEFAULT_MAX_BYTES).
+        image = decode_frame(read_capped(self._source, ref.key))
+        mask = None
+        if ref.mask_key:
+            mask = decode_mask(read_capped(self._source, ref.mask_key), shape=image.shape)
         item = _Decoded(ref=ref, image=image, mask=mask)
         # Ground truth is optional: a broken truth sidecar loses the metrics, not the frame.
         if ref.sharp_key:
             try:
-                sharp = decode_frame(self._source.get(ref.sharp_key))
+                sharp = decode_frame(read_capped(self._source, ref.sharp_key))
                 if sharp.shape != image.shape:
                     raise FrameError(f"sharp truth is {sharp.shape}, frame is {image.shape}",
                                      reason="truth_size_mismatch")
@@ -200,7 +215,7 @@ class RestoreWorker:
                 item.notes.append(f"sharp truth ignored ({getattr(exc, 'reason', 'read_error')}: {exc})")
         if ref.kernel_key:
             try:
-                item.kernel = load_kernel(self._source.get(ref.kernel_key))
+                item.kernel = load_kernel(read_capped(self._source, ref.kernel_key))
             except (FrameError, StorageError) as exc:
                 item.notes.append(f"kernel truth ignored ({getattr(exc, 'reason', 'read_error')}: {exc})")
         return item
@@ -240,42 +255,54 @@ class RestoreWorker:
         version = self._restorer.model_version
         rkey, kkey, kpng = output_keys(ref.id)
         meta = output_metadata(ref, ctx.config_hash, version, ctx.run_id)
-        try:
-            self._dest.put(rkey, encode_png(out.restored), metadata=meta)
-            self._dest.put(kkey, save_kernel(out.kernel), metadata=meta)
-            self._dest.put(kpng, kernel_png(out.kernel), metadata=meta)
-            if self._fault_hook is not None:
-                self._fault_hook(ref.key)
-            record_done(self._dest, ref, config_hash=ctx.config_hash, model_version=version,
-                        run_id=ctx.run_id, source_uri=ctx.source_uri)
-        except (StorageError, FrameError) as exc:
-            return report_row(ref, "quarantined", reason="write_error", detail=str(exc))
+        self._dest.put(rkey, encode_png(out.restored), metadata=meta)
+        self._dest.put(kkey, save_kernel(out.kernel), metadata=meta)
+        self._dest.put(kpng, kernel_png(out.kernel), metadata=meta)
+        if self._fault_hook is not None:
+            self._fault_hook(ref.key)
+        record_done(self._dest, ref, config_hash=ctx.config_hash, model_version=version,
+                    run_id=ctx.run_id, source_uri=ctx.source_uri)
         h, w = item.image.shape[:2]
+        notes = list(item.notes)
+        try:  # metrics against a truth sidecar must not turn a restored frame into a failure
+            truth = truth_metrics(out.restored, out.kernel, item.sharp, item.kernel, observed=item.image)
+        except Exception as exc:
+            truth = {}
+            notes.append(f"truth metrics skipped ({type(exc).__name__}: {exc})")
         return report_row(
-            ref, "restored", detail="; ".join(item.notes), residual=float(out.residual),
+            ref, "restored", detail="; ".join(notes), residual=float(out.residual),
             sharpness_gain=float(out.sharpness_gain), kernel_extent=float(out.kernel_extent),
             nfe=int(out.nfe), seconds=float(out.seconds), width=w, height=h,
-            restored_key=rkey, kernel_key=kkey, kernel_png_key=kpng,
-            **truth_metrics(out.restored, out.kernel, item.sharp, item.kernel, observed=item.image),
+            restored_key=rkey, kernel_key=kkey, kernel_png_key=kpng, **truth,
         )
 
 
-def write_quarantine_entry(dest: Any, ref: FrameRef, reason: str, *, config_hash: str, model_version: str,
-                           run_id: str, source_uri: str) -> None:
-    """``ledger/<id>.json`` for a frame whose content cannot be restored: no outputs, and a
-    ``quarantine_reason`` field (:class:`storage.ledger.LedgerEntry` readers ignore extra fields)."""
-    from datetime import UTC, datetime
+def frame_failure_row(ref: FrameRef, exc: BaseException, *, stage: str) -> dict:
+    """The quarantined row for an exception tied to one frame, with a typed reason: the frame's
+    own :class:`FrameError` reason (content), ``invalid_key`` (a key the store refuses),
+    ``read_error`` / ``write_error`` (the store failed for this frame; retried next run), or
+    ``unexpected_error`` (anything else, class name in the detail)."""
+    from storage.errors import InvalidKeyError
 
-    from storage.keys import ledger_key
-    from storage.ledger import LedgerEntry, output_metadata
+    if isinstance(exc, FrameError):
+        reason = exc.reason
+    elif isinstance(exc, InvalidKeyError):
+        reason = "invalid_key"
+    elif isinstance(exc, StorageError):
+        reason = f"{stage}_error"
+    else:
+        reason = "unexpected_error"
+    return report_row(ref, "quarantined", reason=reason, detail=f"{type(exc).__name__}: {exc}"[:2000])
 
-    assert ref.etag is not None
-    entry = LedgerEntry(frame_id=ref.id, source_key=ref.key, source_etag=ref.etag, config_hash=config_hash,
-                        model_version=model_version, outputs=(), run_id=run_id, source_uri=source_uri,
-                        completed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-    record = json.loads(entry.to_json()) | {QUARANTINE_FIELD: reason}
-    dest.put(ledger_key(ref.id), json.dumps(record, indent=1, sort_keys=True).encode(),
-             metadata=output_metadata(ref, config_hash, model_version, run_id))
+
+def _odd_square(kernel: np.ndarray) -> np.ndarray:
+    """Zero-pad a 2-D kernel to an odd square, centred (a 1x9 or 4x4 truth kernel is valid input;
+    the kernel metrics compare kernels on a common odd square canvas)."""
+    side = max(kernel.shape) | 1
+    out = np.zeros((side, side), kernel.dtype)
+    top, left = (side - kernel.shape[0]) // 2, (side - kernel.shape[1]) // 2
+    out[top:top + kernel.shape[0], left:left + kernel.shape[1]] = kernel
+    return out
 
 
 def truth_metrics(restored: np.ndarray, kernel: np.ndarray, sharp: np.ndarray | None,
@@ -295,8 +322,9 @@ def truth_metrics(restored: np.ndarray, kernel: np.ndarray, sharp: np.ndarray | 
             out[f"psnr{suffix}"] = float(metrics.psnr(x, ref)[0])
             out[f"ssim{suffix}"] = float(metrics.ssim(x, ref)[0])
     if true_kernel is not None:
-        out["kernel_mse"] = float(metrics.kernel_mse(kernel[None, None], true_kernel[None, None])[0])
-        out["kernel_ncc"] = float(metrics.kernel_ncc(kernel[None, None], true_kernel[None, None])[0])
+        est, true = _odd_square(kernel)[None, None], _odd_square(true_kernel)[None, None]
+        out["kernel_mse"] = float(metrics.kernel_mse(est, true)[0])
+        out["kernel_ncc"] = float(metrics.kernel_ncc(est, true)[0])
     return out
 
 
@@ -310,7 +338,10 @@ def ensure_ray(cluster: ClusterSettings) -> Iterator[bool]:
     Already initialised (e.g. by a test fixture or a notebook): used as is and left running.
     ``RAY_ADDRESS`` or ``cluster.address``: connect to that cluster. Otherwise start Ray
     in-process, small (``num_cpus`` just enough for the actors, at least 2), without the
-    dashboard, in a temp folder this call owns and removes.
+    dashboard, in a temp folder this call owns and removes, with every Ray process bound to
+    127.0.0.1 (:func:`loopback_ray_init`). Before that, temp folders of local instances whose
+    driver died (killed) are cleaned up: their processes killed, the folders removed
+    (:func:`reap_stale_local_instances`).
     ``address="local"`` makes Ray ignore a stale ``ray_current_cluster`` file left in its temp
     folder by a crashed session.
     """
@@ -331,15 +362,12 @@ def ensure_ray(cluster: ClusterSettings) -> Iterator[bool]:
         finally:
             ray.shutdown()
         return
-    temp_dir = tempfile.mkdtemp(prefix="ckr-ray-", dir="/tmp")  # short: Ray's socket paths live here
+    reap_stale_local_instances()
+    temp_dir = tempfile.mkdtemp(prefix=LOCAL_TEMP_PREFIX, dir=LOCAL_TEMP_BASE)  # short: socket paths
     try:
-        ray.init(
-            address="local",
-            num_cpus=max(LOCAL_MIN_CPUS, math.ceil(cluster.actors * cluster.num_cpus)),
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            _node_ip_address="127.0.0.1",
-        )
+        _write_owner(temp_dir)
+        loopback_ray_init(num_cpus=max(LOCAL_MIN_CPUS, math.ceil(cluster.actors * cluster.num_cpus)),
+                          temp_dir=temp_dir)
         _local_cluster = True
         yield True
     finally:
@@ -349,10 +377,119 @@ def ensure_ray(cluster: ClusterSettings) -> Iterator[bool]:
 
 
 _local_cluster = False  # True while a Ray instance started by ensure_ray runs in this process
+LOCAL_TEMP_BASE = "/tmp"
 
 
-def _local_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
+def loopback_ray_init(*, num_cpus: int, temp_dir: str) -> None:
+    """``ray.init`` of a local instance in which every process listens on 127.0.0.1 only.
+
+    Ray 2.60 binds its gRPC servers (GCS, raylet, core workers) to all interfaces unless the node
+    IP is exactly 127.0.0.1, and ``ray.init`` replaces a loopback ``_node_ip_address`` by the
+    machine's routable IP unless ``ray_constants.ENABLE_RAY_CLUSTER`` is off (what Ray itself does
+    on macOS/Windows; env ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is imported). With it
+    off during init, the node IP stays 127.0.0.1 and the GCS, raylet, workers, dashboard agent,
+    runtime-env agent and metrics exporter all bind loopback (tests/test_reliability.py lists the
+    sockets). The dashboard is not started. No credential goes through ``runtime_env``: workers
+    inherit the driver's environment from the raylet, and Ray writes nothing of it to its logs.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+                 _node_ip_address="127.0.0.1")
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _psutil() -> Any:
+    """psutil as shipped with Ray (``ray/thirdparty_files``, on the path once ray is imported)."""
+    import ray  # noqa: F401
+
+    return importlib.import_module("psutil")
+
+
+def _write_owner(temp_dir: str) -> None:
+    me = _psutil().Process()
+    with open(os.path.join(temp_dir, OWNER_FILE), "w") as f:
+        json.dump({"pid": me.pid, "create_time": me.create_time(), "space": _pid_space()}, f)
+
+
+def _pid_space() -> str:
+    """This machine boot and pid namespace: an owner pid means something only within the same."""
+    parts = []
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(path) if path.endswith("/pid") else Path(path).read_text().strip())
+        except OSError:
+            parts.append("?")
+    return " ".join(parts)
+
+
+def _owner_alive(temp_dir: str) -> bool | None:
+    """True/False when the folder names its driver (alive or not); None without an owner file."""
+    psutil = _psutil()
+
+    try:
+        with open(os.path.join(temp_dir, OWNER_FILE)) as f:
+            owner = json.load(f)
+        if owner.get("space") != _pid_space():
+            return True  # another machine or container: not ours to judge, treat as alive
+        proc = psutil.Process(int(owner["pid"]))
+        return abs(proc.create_time() - float(owner["create_time"])) < 1.0  # not a reused pid
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    except psutil.Error:
+        return False
+
+
+def _processes_using(temp_dir: str) -> list[Any]:
+    """Processes whose command line names ``temp_dir`` (every Ray process of that instance does)."""
+    psutil = _psutil()
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            args = proc.info["cmdline"] or ()
+            if proc.pid != os.getpid() and any(temp_dir + os.sep in a or a.endswith(temp_dir) for a in args):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def reap_stale_local_instances(base: str | None = None) -> list[str]:
+    """Kill what a dead driver's local Ray instance left behind and remove its temp folder.
+
+    A folder ``<base>/ckr-ray-*`` is stale when its owner file names a process that is gone (or a
+    reused pid), or, without an owner file, when no process uses it and it is older than
+    :data:`STALE_UNOWNED_S`. Its processes (GCS, raylet, agents, workers: their command lines
+    name the folder) get SIGTERM, then SIGKILL after 5 s. Returns the folders removed.
+    """
+    psutil = _psutil()
+    removed = []
+    for temp_dir in sorted(glob.glob(os.path.join(base or LOCAL_TEMP_BASE, LOCAL_TEMP_PREFIX + "*"))):
+        alive = _owner_alive(temp_dir)
+        if alive:
+            continue
+        procs = _processes_using(temp_dir)
+        if alive is None and (procs or time.time() - os.path.getmtime(temp_dir) < STALE_UNOWNED_S):
+            continue
+        for proc in procs:
+            with suppress(psutil.Error):
+                proc.terminate()
+        _, left = psutil.wait_procs(procs, timeout=5)
+        for proc in left:
+            with suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(left, timeout=5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        log.warning("cleaned up a dead run's local Ray instance: %d processes stopped, %s removed",
+                    len(procs), temp_dir)
+        removed.append(temp_dir)
+    return removed
 
 
 class ActorPool:
@@ -373,8 +510,9 @@ class ActorPool:
         }
         if cluster.resources:  # placement by custom resource: only nodes that offer it get actors
             options["resources"] = dict(cluster.resources)
-        if local:
-            options["runtime_env"] = {"env_vars": _local_env()}
+        # No runtime_env with credentials: Ray logs runtime envs to files. Local actors inherit the
+        # driver's environment; cluster nodes bring their own (environment or instance role).
+        self._local = local
         self._cls = ray.remote(RestoreWorker).options(**options)
         self.actors = [self._cls.remote(*self._args) for _ in range(cluster.actors)]
         self.replaced = 0
@@ -458,6 +596,20 @@ def fan_out(
         # Task retries make the probe wait until Ray has restarted the actor.
         probe_refs[pool.actors[idx].ready.options(max_task_retries=-1).remote()] = idx
 
+    def retry(batch: list[FrameRef], attempts: int, reason: str, detail: str) -> None:
+        """Resubmit a failed batch; after ``max_attempts``, split it into single frames; a single
+        frame that keeps failing is quarantined with ``reason``."""
+        nonlocal resubmitted, batches_total
+        if attempts < max_attempts:
+            resubmitted += 1
+            queue.append((batch, attempts))
+        elif len(batch) > 1:
+            resubmitted += len(batch)
+            batches_total += len(batch) - 1
+            queue.extend(([one], max_attempts - 1) for one in reversed(batch))
+        else:
+            finished(quarantine_rows(batch, reason, detail))
+
     while queue or batch_refs:
         while queue and idle and len(batch_refs) < max_in_flight:
             batch, attempts = queue.pop()
@@ -476,19 +628,19 @@ def fan_out(
         try:
             got = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            attempts += 1
             logger.warning("actor %d died on a batch of %d frames (attempt %d): %s",
-                           idx, len(batch), attempts, exc)
+                           idx, len(batch), attempts + 1, exc)
             recover(idx, dead=isinstance(exc, ray.exceptions.ActorDiedError))
-            if attempts < max_attempts:
-                resubmitted += 1
-                queue.append((batch, attempts))
-            elif len(batch) > 1:
-                resubmitted += len(batch)
-                batches_total += len(batch) - 1
-                queue.extend(([one], max_attempts - 1) for one in reversed(batch))
-            else:
-                finished(quarantine_rows(batch, "worker_crashed", f"the actor died {attempts} times: {exc}"))
+            retry(batch, attempts + 1, "worker_crashed", f"the actor died {attempts + 1} times: {exc}")
+            continue
+        except ray.exceptions.RayError as exc:
+            # The batch call raised (or its result was lost) but the actor lives: not a crash. The
+            # worker isolates frames itself, so this is rare; retry, then split, then quarantine.
+            cause = getattr(exc, "cause", None) or exc
+            logger.warning("a batch of %d frames failed on actor %d (attempt %d): %s: %s",
+                           len(batch), idx, attempts + 1, type(cause).__name__, cause)
+            idle.append(idx)
+            retry(batch, attempts + 1, "unexpected_error", f"{type(cause).__name__}: {cause}"[:2000])
             continue
         idle.append(idx)
         finished(got)

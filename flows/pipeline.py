@@ -22,13 +22,12 @@ that do not load, Ray unreachable) do.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +43,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from flows.actors import (
-    QUARANTINE_FIELD,
     REPORT_COLUMNS,
     ActorPool,
     BatchDone,
@@ -54,6 +52,8 @@ from flows.actors import (
     RunContext,
     ensure_ray,
     fan_out,
+    frame_failure_row,
+    reap_stale_local_instances,
     report_row,
 )
 from flows.config import PipelineConfig, ReportSettings, load_config
@@ -62,7 +62,10 @@ from flows.notify import notify
 from storage.base import ObjectStore, stores_overlap
 from storage.errors import ObjectNotFoundError, OverlappingStoresError, StoreAccessError
 from storage.keys import ledger_key, output_keys
-from storage.ledger import LedgerEntry
+from storage.lease import RunLease
+from storage.lease import acquire as acquire_lease
+from storage.lease import describe as describe_lease
+from storage.ledger import LedgerEntry, current_etags
 from storage.reports import new_run_id, prune_runs, write_frames_report, write_summary
 from storage.sidecars import IMAGE_EXTENSIONS, FrameRef, discover
 from storage.stores import open_store
@@ -77,26 +80,26 @@ FALLBACK_ENV = "CHECKOUT_RESTORE_FALLBACK_DIR"  # where a failed run's report go
 
 @dataclass(frozen=True)
 class Candidate:
-    """A discovered frame with its source ETag (read now) and its ledger entry (if any);
-    ``quarantined`` is the reason when that entry records a content error instead of outputs."""
+    """A discovered frame with its source and sidecar ETags (read now) and its ledger entry (if
+    any); ``quarantined`` is the reason when that entry records a content error instead of
+    outputs; ``failed`` is the quarantine row when looking the frame up failed (this frame only)."""
 
     ref: FrameRef
     entry: LedgerEntry | None
     quarantined: str | None = None
+    failed: dict | None = None
 
 
 def read_entry(dest: ObjectStore, frame_id: str) -> tuple[LedgerEntry | None, str | None]:
     """A frame's ledger entry and its quarantine reason (None, None when absent or unreadable:
     then the frame is simply redone)."""
     try:
-        data = dest.get(ledger_key(frame_id))
-        entry = LedgerEntry.from_json(data)
-        reason = json.loads(data).get(QUARANTINE_FIELD)
+        entry = LedgerEntry.from_json(dest.get(ledger_key(frame_id)))
     except ObjectNotFoundError:
         return None, None
     except (ValueError, TypeError, AttributeError):
         return None, None
-    return entry, reason if isinstance(reason, str) else None
+    return entry, entry.quarantine_reason
 
 
 @dataclass(frozen=True)
@@ -126,16 +129,23 @@ def discover_frames(source_uri: str, dest_uri: str) -> Discovery:
 
     def look_up(ref: FrameRef) -> Candidate | None:
         try:
-            etag = source.head(ref.key).etag
+            current = current_etags(source, ref)
+            entry, reason = read_entry(dest, ref.id)
         except ObjectNotFoundError:
             return None  # deleted since the listing
-        entry, reason = read_entry(dest, ref.id)
-        return Candidate(ref=replace(ref, etag=etag), entry=entry, quarantined=reason)
+        except Exception as exc:  # this frame's lookup only: its row, not the run's failure
+            return Candidate(ref=ref, entry=None, failed=frame_failure_row(ref, exc, stage="read"))
+        return Candidate(ref=current, entry=entry, quarantined=reason)
 
     refs = discover(source, on_invalid=lambda key, problem: invalid.append((key, problem)),
                     on_other=unsupported.append)
     with ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="discover") as pool:
         found = [c for c in pool.map(look_up, refs) if c is not None]
+    failed = [c for c in found if c.failed is not None and c.failed["reason"] == "read_error"]
+    if failed and len(failed) == len(found):
+        # Every lookup failed on the store: that is the store, not the frames (Prefect retries).
+        raise StoreAccessError(f"every frame lookup failed, e.g. {failed[0].failed['detail']}",
+                               operation="discover", key=None)
     return Discovery(candidates=found, invalid=invalid, unsupported=unsupported)
 
 
@@ -163,6 +173,9 @@ def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int 
         for dup in ref.duplicates:
             rows.append(report_row(FrameRef(key=dup, id=ref.id), "quarantined", reason="duplicate_id",
                                    detail=f"same id as {ref.key!r}, which is restored instead"))
+        if cand.failed is not None:
+            rows.append(cand.failed)
+            continue
         assert ref.etag is not None
         current = cand.entry is not None and cand.entry.is_current(ref, ref.etag, config_hash, model_version)
         if current and cand.quarantined:
@@ -415,6 +428,43 @@ class QualityGateError(RuntimeError):
         self.report_uri = summary["report_uri"]
 
 
+def take_run_lease(dest: ObjectStore, run_id: str, logger: Any, *, wait_s: float = 0.0) -> RunLease:
+    """Acquire the destination's run lease; if it is taken over from a run that died (killed
+    driver), clean up after that run: its Prefect flow run is marked Crashed, and the processes
+    and temp folders of its local Ray instance are removed."""
+    from prefect.runtime import flow_run
+
+    lease = acquire_lease(dest, run_id=run_id, flow_run_id=str(flow_run.id) if flow_run.id else None,
+                          wait_s=wait_s)
+    if lease.previous is not None:
+        logger.warning("run lease of %s taken over from a run that stopped without releasing it: %s",
+                       dest.uri, describe_lease(lease.previous))
+        dead = lease.previous.get("run_id")
+        mark_flow_run_crashed(lease.previous.get("flow_run_id"), logger,
+                              f"run {dead} stopped (driver died); cleaned up by run {run_id}")
+        reap_stale_local_instances()
+    return lease
+
+
+def mark_flow_run_crashed(flow_run_id: str | None, logger: Any, message: str) -> None:
+    """Set a flow run that is still Running/Pending to Crashed (its driver is gone for good)."""
+    if not flow_run_id:
+        return
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run_id))
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+                logger.warning("flow run %s (%s) marked Crashed", flow_run_id, run.name)
+    except Exception as exc:  # another Prefect server, or it forgot the run: nothing to mark
+        logger.warning("could not mark flow run %s crashed: %s: %s", flow_run_id, type(exc).__name__, exc)
+
+
 def run_pipeline(
     source: str,
     dest: str,
@@ -423,10 +473,13 @@ def run_pipeline(
     *,
     fault_hook: FaultHook | None = None,
     restorer_factory: RestorerFactory | None = None,
+    lease_wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """The body of ``restore-frames``; call it inside a flow run. ``fault_hook`` (tests) is passed
     to every actor; ``restorer_factory`` replaces :class:`flows.restorer.FrameRestorer`.
 
+    The run holds the destination's run lease (:mod:`storage.lease`) from discovery to the report;
+    a second run waits ``lease_wait_s`` seconds for it, then stops with :class:`LeaseHeldError`.
     A run that fails still leaves ``reports/<run-id>/summary.json`` with ``status: failed``, the
     error class and message (in the destination, or :func:`fallback_dir` when that is
     unreachable) and a red row on top of the index; then the error propagates (the flow run is
@@ -444,7 +497,7 @@ def run_pipeline(
     try:
         cfg = load_config(config)
         webhook_env = cfg.alerts.webhook_env
-        summary = _run(cfg, facts, limit, logger, fault_hook, restorer_factory)
+        summary = _run(cfg, facts, limit, logger, fault_hook, restorer_factory, lease_wait_s)
     except QualityGateError:
         raise
     except Exception as exc:
@@ -464,7 +517,8 @@ def run_pipeline(
 
 
 def _run(cfg: PipelineConfig, facts: dict[str, Any], limit: int | None, logger: Any,
-         fault_hook: FaultHook | None, restorer_factory: RestorerFactory | None) -> dict[str, Any]:
+         fault_hook: FaultHook | None, restorer_factory: RestorerFactory | None,
+         lease_wait_s: float = 0.0) -> dict[str, Any]:
     if limit is not None and limit < 0:
         raise ValueError("limit must be >= 0")
     source_store = open_store(facts["source"], read_only=True)
@@ -476,6 +530,16 @@ def _run(cfg: PipelineConfig, facts: dict[str, Any], limit: int | None, logger: 
     facts.update(source=source_store.uri, dest=dest_store.uri, config_name=cfg.name, config_hash=config_hash)
     logger.info("run %s: %s -> %s, config %s (%s)", run_id, source_store.uri, dest_store.uri, cfg.name,
                 config_hash)
+    with take_run_lease(dest_store, run_id, logger, wait_s=lease_wait_s).heartbeat():
+        return _restore_and_report(cfg, facts, limit, logger, source_store, dest_store,
+                                   fault_hook=fault_hook, restorer_factory=restorer_factory)
+
+
+def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int | None, logger: Any,
+                        source_store: ObjectStore, dest_store: ObjectStore, *, fault_hook: FaultHook | None,
+                        restorer_factory: RestorerFactory | None) -> dict[str, Any]:
+    """Discover, restore, report: the part of a run that holds the destination's run lease."""
+    run_id, config_hash = facts["run_id"], facts["config_hash"]
     progress_id = create_progress_artifact(0.0, key=f"{ARTIFACT_PREFIX}-progress",
                                            description=f"Frames done in run {run_id}")
 

@@ -11,9 +11,26 @@ Two families:
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _rebuild(cls: type[Exception], message: str, state: dict[str, Any]) -> Exception:
+    """Unpickle an error without calling its ``__init__`` (whose signature differs per class)."""
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, message)
+    obj.__dict__.update(state)
+    return obj
+
 
 class StorageError(Exception):
-    """Base class of every storage-layer error that is not about frame content."""
+    """Base class of every storage-layer error that is not about frame content.
+
+    Picklable whatever its constructor takes (message and attributes travel as they are), so an
+    error raised in a Ray worker reaches the driver as itself, not as ``UnserializableException``.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), str(self), dict(self.__dict__))
 
 
 class InvalidKeyError(StorageError, ValueError):
@@ -76,6 +93,10 @@ class StoreAccessError(StorageError):
         self.code = code
 
 
+class PreconditionFailedError(StoreAccessError):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
 class OverlappingStoresError(StorageError, ValueError):
     """Source and destination overlap: outputs would be rediscovered as inputs."""
 
@@ -93,6 +114,9 @@ class FrameError(Exception):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), str(self), dict(self.__dict__))
 
 
 class NotAnImageError(FrameError):

@@ -30,7 +30,9 @@ class FrameData:
     kernel: np.ndarray | None = None
 
 
-def _get(store: ObjectStore, key: str, max_bytes: int) -> bytes:
+def read_capped(store: ObjectStore, key: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The object's bytes, refusing (before downloading) one over ``max_bytes``: that is the
+    frame's fault, :class:`ImageTooLargeError` (``image_too_large``), not a store failure."""
     try:
         return store.get(key, max_bytes=max_bytes)
     except ObjectTooLargeError as exc:
@@ -50,18 +52,18 @@ def load_frame(
     frame or sidecar, including a mask or truth whose size differs from the frame's; storage
     failures (missing object, backend down) stay :class:`storage.errors.StorageError`.
     """
-    image = decode_frame(_get(store, ref.key, max_bytes), max_pixels=max_pixels)
+    image = decode_frame(read_capped(store, ref.key, max_bytes), max_pixels=max_pixels)
     mask = sharp = kernel = None
     if ref.mask_key is not None:
-        data = _get(store, ref.mask_key, max_bytes)
+        data = read_capped(store, ref.mask_key, max_bytes)
         mask = decode_mask(data, shape=image.shape, max_pixels=max_pixels)
     if ref.sharp_key is not None:
-        sharp = decode_frame(_get(store, ref.sharp_key, max_bytes), max_pixels=max_pixels)
+        sharp = decode_frame(read_capped(store, ref.sharp_key, max_bytes), max_pixels=max_pixels)
         if sharp.shape != image.shape:
             raise TruthSizeMismatchError(
                 f"sharp truth is {sharp.shape[0]}x{sharp.shape[1]} (HxW), "
                 f"frame is {image.shape[0]}x{image.shape[1]}"
             )
     if ref.kernel_key is not None:
-        kernel = load_kernel(_get(store, ref.kernel_key, max_bytes))
+        kernel = load_kernel(read_capped(store, ref.kernel_key, max_bytes))
     return FrameData(ref=ref, image=image, mask=mask, sharp=sharp, kernel=kernel)

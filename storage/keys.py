@@ -9,7 +9,12 @@ hold on every backend, so a key that works locally works on S3 and vice versa:
 * no control character (Unicode category ``Cc``: NUL, C0, DEL, C1) and no lone surrogate.
 
 A frame's *id* is its source key without the image extension and keeps its sub-folders
-(``lane3/cam1/f001.jpg`` -> ``lane3/cam1/f001``); output keys are built from it.
+(``lane3/cam1/f001.jpg`` -> ``lane3/cam1/f001``); output keys are built from it. Output files end
+in ``.png``, ``.npy`` or ``.json``; a *folder* of the id that ends like that (or in ``~``) gets a
+``~`` appended in output keys (:func:`output_path`), so a file and a folder of the outputs can
+never share a name on a local destination: ``x.png`` beside a folder ``x.json/`` has
+``ledger/x.json`` and ``ledger/x.json~/y.json``. The mapping is one-to-one; ids without such
+folders (nearly all) keep the plain layout.
 """
 
 from __future__ import annotations
@@ -84,24 +89,36 @@ def validate_id(frame_id: object) -> str:
     return validate_key(frame_id)
 
 
+OUTPUT_SUFFIXES = (".png", ".npy", ".json")
+_FOLDER_ESCAPE = "~"
+
+
+def output_path(frame_id: str) -> str:
+    """The id as it appears in output keys: folder segments ending in an output suffix or in
+    ``~`` get a ``~`` appended (one-to-one; no output folder then ends like an output file)."""
+    *folders, name = validate_id(frame_id).split("/")
+    escaped = [f + _FOLDER_ESCAPE if f.endswith((*OUTPUT_SUFFIXES, _FOLDER_ESCAPE)) else f for f in folders]
+    return "/".join([*escaped, name])
+
+
 def restored_key(frame_id: str) -> str:
     """``restored/<id>.png``: the restored frame, same size as the input."""
-    return validate_key(f"{RESTORED_PREFIX}{validate_id(frame_id)}.png")
+    return validate_key(f"{RESTORED_PREFIX}{output_path(frame_id)}.png")
 
 
 def kernel_npy_key(frame_id: str) -> str:
     """``kernels/<id>.npy``: the estimated kernel, raw float32 2-D."""
-    return validate_key(f"{KERNELS_PREFIX}{validate_id(frame_id)}.npy")
+    return validate_key(f"{KERNELS_PREFIX}{output_path(frame_id)}.npy")
 
 
 def kernel_png_key(frame_id: str) -> str:
     """``kernels/<id>.png``: a viewable picture of the estimated kernel."""
-    return validate_key(f"{KERNELS_PREFIX}{validate_id(frame_id)}.png")
+    return validate_key(f"{KERNELS_PREFIX}{output_path(frame_id)}.png")
 
 
 def ledger_key(frame_id: str) -> str:
     """``ledger/<id>.json``: the idempotency record, written after all outputs."""
-    return validate_key(f"{LEDGER_PREFIX}{validate_id(frame_id)}.json")
+    return validate_key(f"{LEDGER_PREFIX}{output_path(frame_id)}.json")
 
 
 def output_keys(frame_id: str) -> tuple[str, str, str]:

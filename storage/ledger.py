@@ -5,7 +5,10 @@ written by :func:`record_done` *after* the frame's outputs. It is the commit mar
 dies half-way through a frame leaves no ledger entry, so the frame stays pending. (The outputs
 also carry the same facts as S3 user metadata, :func:`output_metadata`, for provenance, but
 only the ledger decides.) A frame is up to date when its entry names the same source key,
-the source ETag seen now, the same config hash and the same model version.
+the source ETag seen now, the ETags of its sidecars seen now (mask, truth: a sidecar changed,
+added or removed makes the frame pending), the same config hash and the same model version.
+A frame whose content cannot be restored gets an entry without outputs and with its
+``quarantine_reason`` (:func:`record_quarantined`), so reruns skip it until something changes.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class LedgerEntry:
     completed_at: str = ""
     source_uri: str = ""
     schema: int = LEDGER_SCHEMA
+    sidecar_etags: dict[str, str] = dataclasses.field(default_factory=dict)
+    quarantine_reason: str | None = None
 
     def to_json(self) -> bytes:
         record = dataclasses.asdict(self)
@@ -113,15 +118,23 @@ class LedgerEntry:
         if not isinstance(record, dict):
             raise ValueError("ledger entry is not a JSON object")
         record["outputs"] = tuple(record.get("outputs", ()))
+        sidecars = record.get("sidecar_etags") or {}
+        if not isinstance(sidecars, dict) or not all(isinstance(v, str) for v in sidecars.values()):
+            raise ValueError("ledger entry: sidecar_etags is not a {key: etag} object")
+        record["sidecar_etags"] = sidecars
+        reason = record.get("quarantine_reason")
+        record["quarantine_reason"] = reason if isinstance(reason, str) else None
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in names})
 
     def is_current(self, ref: FrameRef, etag: str, config_hash: str, model_version: str) -> bool:
-        """True when this entry was produced from exactly this input, config and model."""
+        """True when this entry was produced from exactly this input (frame *and* sidecars, as
+        ``ref.sidecar_etags`` saw them), config and model."""
         return (
             self.schema == LEDGER_SCHEMA
             and self.source_key == ref.key
             and self.source_etag == etag
+            and self.sidecar_etags == dict(ref.sidecar_etags)
             and self.config_hash == config_hash
             and self.model_version == model_version
         )
@@ -157,18 +170,33 @@ def output_metadata(
     return meta
 
 
+def current_etags(source: ObjectStore, ref: FrameRef) -> FrameRef:
+    """``ref`` with the ETags of its frame and of its sidecars as the source holds them now
+    (a sidecar deleted since the listing is left out). :class:`ObjectNotFoundError` if the
+    frame itself is gone."""
+    etag = source.head(ref.key).etag
+    sidecars: list[tuple[str, str]] = []
+    for key in ref.sidecar_keys:
+        try:
+            sidecars.append((key, source.head(key).etag))
+        except ObjectNotFoundError:
+            continue
+    return dataclasses.replace(ref, etag=etag, sidecar_etags=tuple(sorted(sidecars)))
+
+
 def _check_one(
     source: ObjectStore, dest: ObjectStore, ref: FrameRef, config_hash: str, model_version: str
 ) -> FrameRef | None:
     try:
-        etag = source.head(ref.key).etag
+        ref = current_etags(source, ref)
     except ObjectNotFoundError:
         log.warning("source frame %r vanished from %s after listing", ref.key, source.uri)
         return None
+    assert ref.etag is not None
     entry = read_ledger(dest, ref.id)
-    if entry is not None and entry.is_current(ref, etag, config_hash, model_version):
+    if entry is not None and entry.is_current(ref, ref.etag, config_hash, model_version):
         return None
-    return dataclasses.replace(ref, etag=etag)
+    return ref
 
 
 def pending(
@@ -267,8 +295,9 @@ def record_done(
         model_version=model_version,
         outputs=names,
         run_id=run_id,
-        completed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        completed_at=_now(),
         source_uri=source_uri,
+        sidecar_etags=dict(ref.sidecar_etags),
     )
     dest_store.put(
         ledger_key(ref.id),
@@ -278,14 +307,46 @@ def record_done(
     return entry
 
 
+def record_quarantined(
+    dest_store: ObjectStore,
+    ref: FrameRef,
+    reason: str,
+    *,
+    config_hash: str,
+    model_version: str,
+    run_id: str | None = None,
+    source_uri: str = "",
+) -> LedgerEntry:
+    """``ledger/<id>.json`` for a frame whose *content* cannot be restored (a
+    :class:`storage.errors.FrameError`): no outputs, and its ``quarantine_reason``; reruns skip
+    the frame until its bytes, a sidecar, the config or the models change."""
+    if ref.etag is None:
+        raise ValueError(f"FrameRef {ref.key!r} has no etag: use current_etags() first")
+    entry = LedgerEntry(
+        frame_id=ref.id, source_key=ref.key, source_etag=ref.etag, config_hash=config_hash,
+        model_version=model_version, outputs=(), run_id=run_id, completed_at=_now(),
+        source_uri=source_uri, sidecar_etags=dict(ref.sidecar_etags), quarantine_reason=reason,
+    )
+    dest_store.put(
+        ledger_key(ref.id), entry.to_json(), metadata=output_metadata(ref, config_hash, model_version, run_id)
+    )
+    return entry
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 __all__ = [
     "LEDGER_SCHEMA",
     "LedgerEntry",
     "canonical_json",
     "config_hash",
+    "current_etags",
     "output_metadata",
     "pending",
     "read_ledger",
     "record_done",
+    "record_quarantined",
 ]
 

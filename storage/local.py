@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator, Mapping
@@ -16,17 +18,26 @@ from storage.errors import (
     InvalidKeyError,
     ObjectNotFoundError,
     ObjectTooLargeError,
+    PreconditionFailedError,
     ReadOnlyStoreError,
     StoreAccessError,
 )
 from storage.keys import validate_folder, validate_key, validate_prefix
 
-# Names beginning with this are the store's own (metadata folder, temp files): never listed,
-# refused as key segments.
+# The store's own files: the metadata folder and the lock file at the root, temp files in any
+# folder. Only these exact names are reserved (never listed, refused as keys); any other name,
+# ``.crs-x.png`` included, is an ordinary key, so no user file vanishes from a listing.
 RESERVED_PREFIX = ".crs-"
 META_DIR = ".crs-meta"
+LOCK_FILE = ".crs-lock"
 TMP_PREFIX = ".crs-tmp-"
+_TMP_RE = re.compile(r"^\.crs-tmp-[0-9a-f]{16}$")
+_META_SUFFIX = ".json"
 _CHUNK = 1 << 20
+
+
+def _reserved(name: str, top: bool) -> bool:
+    return bool(_TMP_RE.match(name)) or (top and name in (META_DIR, LOCK_FILE))
 
 
 class LocalStore:
@@ -39,7 +50,10 @@ class LocalStore:
       root that points outside is refused too (:class:`InvalidKeyError`). Symlinked folders
       are not descended into by :meth:`list`.
     * User metadata lives in ``<root>/.crs-meta/<key>.json`` together with the ETag of the
-      content it belongs to; :meth:`head` returns it only while that ETag still matches.
+      content it belongs to; :meth:`head` returns it only while that ETag still matches. Its
+      path is checked like a data path (a symlinked ``.crs-meta`` is refused). :meth:`put`
+      commits the metadata first and renames the data into place last, so a failed put never
+      leaves new data behind, and checks the file system's name limits before writing.
     * ``list`` holds the names of one folder at a time (sorted, to give S3's order), so its
       memory grows with the largest single folder, not with the total number of keys.
     """
@@ -68,6 +82,11 @@ class LocalStore:
         self._root = os.path.realpath(path)
         self._read_only = read_only
         self._durable = durable
+        try:
+            self._name_max = os.pathconf(self._root, "PC_NAME_MAX")
+            self._path_max = os.pathconf(self._root, "PC_PATH_MAX")
+        except (OSError, ValueError):
+            self._name_max, self._path_max = 255, 4096
 
     def __repr__(self) -> str:
         return f"LocalStore({self._root!r}, read_only={self._read_only})"
@@ -92,15 +111,42 @@ class LocalStore:
         """Validated key -> absolute path inside the root (symlinks resolved and checked)."""
         validate_key(key)
         parts = key.split("/")
-        if any(p.startswith(RESERVED_PREFIX) for p in parts):
-            raise InvalidKeyError(key, f"segments starting with {RESERVED_PREFIX!r} are reserved")
+        if any(_reserved(p, i == 0) for i, p in enumerate(parts)):
+            raise InvalidKeyError(key, "names the local store's own files (reserved)")
         path = os.path.join(self._root, *parts)
         if not self._inside(os.path.realpath(path)):
             raise InvalidKeyError(key, "resolves outside the store root (symlink)")
         return path
 
     def _meta_path(self, key: str) -> str:
-        return os.path.join(self._root, META_DIR, *key.split("/")) + ".json"
+        """``<root>/.crs-meta/<key>.json``, resolved and checked to lie inside ``.crs-meta``
+        (a planted symlink, at ``.crs-meta`` or below it, never redirects metadata writes)."""
+        meta_root = os.path.join(self._root, META_DIR)
+        if os.path.islink(meta_root):
+            raise StoreAccessError(
+                f"{meta_root} is a symlink: refusing to use it for metadata", operation="meta", key=key
+            )
+        path = os.path.join(meta_root, *key.split("/")) + _META_SUFFIX
+        real = os.path.realpath(path)
+        if not real.startswith(meta_root + os.sep):
+            raise InvalidKeyError(key, "metadata path resolves outside the store (symlink)")
+        return path
+
+    def _check_names(self, key: str) -> None:
+        """Refuse, before writing anything, a key the file system cannot hold (with its
+        metadata file's ``.json`` suffix): each name <= NAME_MAX bytes, the path <= PATH_MAX."""
+        parts = key.split("/")
+        names = [*parts[:-1], parts[-1] + _META_SUFFIX]
+        for name in names:
+            size = len(os.fsencode(name))
+            if size > self._name_max:
+                raise InvalidKeyError(
+                    key, f"a path segment is {size} bytes with the metadata suffix, over this file "
+                    f"system's {self._name_max}"
+                )
+        longest = len(os.fsencode(os.path.join(self._root, META_DIR, key + _META_SUFFIX)))
+        if longest >= self._path_max:
+            raise InvalidKeyError(key, f"path of {longest} bytes, over this file system's {self._path_max}")
 
     # ---------------------------------------------------------------- listing
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -115,9 +161,10 @@ class LocalStore:
         names: list[str] = []
         try:
             with os.scandir(directory) as it:
+                top = directory == self._root
                 for entry in it:
                     name = entry.name
-                    if not name.startswith(start) or name.startswith(RESERVED_PREFIX):
+                    if not name.startswith(start) or _reserved(name, top):
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         names.append(name + "/")
@@ -211,32 +258,77 @@ class LocalStore:
         meta = validate_metadata(metadata)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        self._check_names(key)
+        meta_path = self._meta_path(key)
         etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
         record = json.dumps({"etag": etag, "metadata": meta}, sort_keys=True).encode()
+        staged: list[str] = []
         try:
-            self._write_atomic(path, data)
-            self._write_atomic(self._meta_path(key), record)
+            # Both files are staged before either is committed; the metadata (which names the
+            # new content's ETag, so it never describes the old data) goes first, the data last:
+            # if anything fails, the key still holds its old content.
+            data_tmp = self._stage(path, data)
+            staged.append(data_tmp)
+            meta_tmp = self._stage(meta_path, record)
+            staged.append(meta_tmp)
+            self._commit(meta_tmp, meta_path)
+            staged.remove(meta_tmp)
+            self._commit(data_tmp, path)
+            staged.remove(data_tmp)
         except OSError as exc:
             raise self._access_error("put", key, exc) from exc
+        finally:
+            for tmp in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
-    def _write_atomic(self, path: str, data: bytes | bytearray | memoryview) -> None:
+    def put_if(self, key: str, data: bytes, *, if_match: str | None) -> None:
+        """Conditional put (the run lease): write only if the object's current ETag is
+        ``if_match``, or, with ``if_match=None``, only if it does not exist; else
+        :class:`PreconditionFailedError`. Serialised across processes by ``flock`` on
+        ``<root>/.crs-lock`` (every writer of a conditional key goes through here)."""
+        if self._read_only:
+            raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to write {key!r}")
+        self._path(key)
+        lock = os.open(os.path.join(self._root, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current: str | None = self.head(key).etag
+            except ObjectNotFoundError:
+                current = None
+            if current != if_match:
+                raise PreconditionFailedError(
+                    f"conditional put of {key!r} in {self.uri}: ETag is {current}, expected {if_match}",
+                    operation="put", key=key, code="PreconditionFailed",
+                )
+            self.put(key, data)
+        finally:
+            os.close(lock)  # releases the flock
+
+    def _stage(self, path: str, data: bytes | bytearray | memoryview) -> str:
+        """Write ``data`` to a fresh temp file beside ``path`` (fsynced); return its path."""
         parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f"{TMP_PREFIX}{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 if self._durable:
                     os.fsync(f.fileno())
-            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        return tmp
+
+    def _commit(self, tmp: str, path: str) -> None:
+        """Rename a staged file over ``path`` (atomic), then fsync the folder."""
+        os.replace(tmp, path)
         if self._durable:
-            dir_fd = os.open(parent, os.O_RDONLY)
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:

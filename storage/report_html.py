@@ -31,12 +31,12 @@ import numpy as np
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
-from PIL import Image
+from PIL import Image, ImageOps
 
 from storage.base import ObjectStore
 from storage.errors import FrameError, StorageError
 from storage.keys import REPORTS_INDEX_KEY, REPORTS_PREFIX, RUN_ID_RE, report_key, validate_key
-from storage.reports import update_run_index
+from storage.reports import escape_controls, update_run_index
 
 ImageReader = Callable[[str, str], bytes | None]
 """``images(role, key) -> bytes | None`` with ``role`` one of :data:`IMAGE_ROLES`.
@@ -123,7 +123,7 @@ def _text(value: object) -> str:
 
 
 def _esc(value: object) -> str:
-    return html.escape(_text(value), quote=True)
+    return html.escape(escape_controls(_text(value)), quote=True)
 
 
 def _fmt(value: float | None, fmt: str) -> str:
@@ -193,7 +193,7 @@ def make_thumbnail(data: bytes, *, kernel: bool = False) -> bytes | None:
                     grey.thumbnail((KERNEL_THUMB_SIZE, KERNEL_THUMB_SIZE), Image.Resampling.BOX)
                 return _png(grey)
             img.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG: decode at reduced scale
-            rgb = img.convert("RGB")
+            rgb = ImageOps.exif_transpose(img).convert("RGB")  # as displayed (and as restored)
             rgb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
             return _png(rgb)
     except Exception:  # PIL raises many types on hostile bytes (OSError, SyntaxError, zlib.error...)

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,6 +25,10 @@ from storage.errors import InvalidKeyError, ObjectNotFoundError
 from storage.keys import REPORTS_PREFIX, report_key, validate_run_id
 
 log = logging.getLogger(__name__)
+
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 FRAMES_PARQUET = "frames.parquet"
 FRAMES_CSV = "frames.csv"
@@ -41,6 +46,21 @@ def run_started_at(run_id: str) -> datetime:
     """The UTC start time encoded in a run id."""
     stamp = validate_run_id(run_id).split("-")[0]
     return datetime.strptime(stamp, _RUN_TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (C0, DEL, C1: newlines and tabs too) as visible ``\\xNN`` escapes."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell made inert for spreadsheets: control characters escaped, and a leading
+    ``=``, ``+``, ``-`` or ``@`` prefixed with ``'`` (OWASP's CSV-injection advice).
+    Numbers and missing values pass unchanged; Parquet keeps the raw text."""
+    if not isinstance(value, str):
+        return value
+    text = escape_controls(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 def _frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> pd.DataFrame:
@@ -63,6 +83,7 @@ def write_frames_report(
 
     Columns are the union of the rows' keys in first-seen order (or ``columns``, which also
     gives an empty run its header). Missing values are null in Parquet and empty in CSV.
+    CSV text cells are neutralised (:func:`csv_cell`); Parquet holds the values as they are.
     A column mixing incompatible types (e.g. numbers and text) is a ``ValueError``.
     """
     frame = _frame(rows, columns)
@@ -71,7 +92,10 @@ def write_frames_report(
         frame.to_parquet(parquet, engine="pyarrow", index=False)
     except (TypeError, ValueError) as exc:  # pyarrow.ArrowException subclasses these
         raise ValueError(f"frames report for run {run_id}: {exc}") from exc
-    csv = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    text_cols = [c for c in frame.columns
+                 if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
+    safe = frame.assign(**{c: frame[c].map(csv_cell) for c in text_cols}) if text_cols else frame
+    csv = safe.to_csv(index=False, lineterminator="\n").encode("utf-8")
     parquet_key = report_key(run_id, FRAMES_PARQUET)
     csv_key = report_key(run_id, FRAMES_CSV)
     dest_store.put(parquet_key, parquet.getvalue())

@@ -35,6 +35,7 @@ from storage.errors import (
     InvalidURIError,
     ObjectNotFoundError,
     ObjectTooLargeError,
+    PreconditionFailedError,
     ReadOnlyStoreError,
     StoreAccessError,
 )
@@ -324,6 +325,24 @@ class S3Store:
             raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to delete {key!r}")
         full = self._root + validate_key(key)
         self._call("DeleteObject", key, lambda: self._client.delete_object(Bucket=self._bucket, Key=full))
+
+    def put_if(self, key: str, data: bytes, *, if_match: str | None) -> None:
+        """Conditional put (the run lease) with S3 conditional writes: ``IfMatch=<etag>``, or
+        ``IfNoneMatch='*'`` when ``if_match`` is None (create only). A lost race raises
+        :class:`PreconditionFailedError` (HTTP 412; 409 for a concurrent conditional write)."""
+        if self._read_only:
+            raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to write {key!r}")
+        full = self._root + validate_key(key)
+        cond = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
+        try:
+            self._call("PutObject", key, lambda: self._client.put_object(
+                Bucket=self._bucket, Key=full, Body=bytes(data), ContentType="application/json", **cond))
+        except StoreAccessError as exc:
+            if exc.code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise PreconditionFailedError(
+                    str(exc), operation="PutObject", key=key, code=exc.code
+                ) from None
+            raise
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from storage.base import ObjectStore
 from storage.errors import InvalidKeyError, KernelFileError
-from storage.keys import validate_key
+from storage.keys import ledger_key, output_keys, validate_key
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,9 @@ class FrameRef:
 
     ``id`` is the key without the image extension (sub-folders kept). ``duplicates`` lists
     other frames with the same id (``x.png`` and ``x.jpg``): they would write the same
-    outputs, so only ``key`` (the first in key order) is restored. ``etag`` is filled in by
-    :func:`storage.ledger.pending` with the source ETag seen before processing.
+    outputs, so only ``key`` (the first in key order) is restored. ``etag`` and
+    ``sidecar_etags`` (``(sidecar key, ETag)`` pairs, sorted) are filled in by
+    :func:`storage.ledger.current_etags` with the ETags seen before processing.
     """
 
     key: str
@@ -50,6 +51,11 @@ class FrameRef:
     kernel_key: str | None = None
     duplicates: tuple[str, ...] = ()
     etag: str | None = field(default=None, compare=False)
+    sidecar_etags: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    @property
+    def sidecar_keys(self) -> tuple[str, ...]:
+        return tuple(k for k in (self.mask_key, self.sharp_key, self.kernel_key) if k is not None)
 
 
 def classify(key: str) -> tuple[str, str] | None:
@@ -117,6 +123,11 @@ def _discover(keys: Iterator[str], report: Callable[[str, str], None],
                 other(key)
             continue
         kind, frame_id = found
+        if kind == "frame":
+            problem = _id_problem(frame_id)
+            if problem is not None:
+                report(key, problem)
+                continue
         group = open_groups.setdefault(frame_id, _Group())
         if kind == "frame":
             group.frames.append(key)
@@ -126,6 +137,17 @@ def _discover(keys: Iterator[str], report: Callable[[str, str], None],
             continue
         setattr(group, kind, key)
     yield from _emit(open_groups, sorted(open_groups))
+
+
+def _id_problem(frame_id: str) -> str | None:
+    """Why a frame id cannot name outputs (``...png`` has the id ``..``; a key near the length
+    limit gives output keys over it), or None."""
+    try:
+        output_keys(frame_id)
+        ledger_key(frame_id)
+    except InvalidKeyError as exc:
+        return f"its id {frame_id[:80]!r} cannot name outputs: {exc.problem}"
+    return None
 
 
 def _emit(open_groups: dict[str, _Group], ids: list[str]) -> Iterator[FrameRef]:

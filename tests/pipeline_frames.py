@@ -101,3 +101,37 @@ class CrashOn:
 
         if key == self.key:
             os._exit(1)
+
+
+class FailOn:
+    """Fault hook: an unexpected exception for one frame (after its outputs, before its ledger)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, key: str) -> None:
+        if key == self.key:
+            raise RuntimeError(f"injected failure for {key}")
+
+
+class Hooks:
+    def __init__(self, *hooks: object) -> None:
+        self.hooks = hooks
+
+    def __call__(self, key: str) -> None:
+        for hook in self.hooks:
+            hook(key)  # type: ignore[operator]
+
+
+class MarkOnce:
+    """Fault hook: the first call creates ``marker`` (the proxy starts the outage then)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, key: str) -> None:
+        import contextlib
+        import os
+
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
+from s3server import MotoS3
 
 from flows.actors import ActorPool, RunContext, ensure_ray, fan_out
 from flows.config import load_config
@@ -47,17 +48,21 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def local_ray(tmp_path_factory: pytest.TempPathFactory, moto_s3: MotoS3) -> Iterator[None]:
     """One in-process Ray instance for the module (each run still starts and stops its actors).
 
     A stale ``ray_current_cluster`` file (a crashed session's) sits in Ray's default temp folder:
     a plain ``ray.init()`` would try to join that dead cluster; ``ensure_ray`` must not.
+    Actors inherit the driver's environment when Ray starts (no credentials in ``runtime_env``),
+    so the moto endpoint and its dummy credentials are set before.
     """
     ray.cloudpickle.register_pickle_by_value(pipeline_frames)  # workers cannot import tests/
     ray_tmp = tmp_path_factory.mktemp("raytmp")
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
     with pytest.MonkeyPatch.context() as mp:
+        for name, value in moto_s3.env().items():
+            mp.setenv(name, value)
         mp.setenv("RAY_TMPDIR", str(ray_tmp))
         mp.delenv("RAY_ADDRESS", raising=False)
         with ensure_ray(load_config("smoke").cluster) as local:

@@ -485,10 +485,12 @@ def test_dashboard_serves_reports_only(served: tuple[ReportsServer, object]) -> 
 
     assert _get(server, f"/{RUN_A}/nope.png")[0] == 404
     for bad in ("/../secret.txt", "/../../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt",
-                "/a%5c..%5c..%5csecret.txt", "/%ff", "/.crs-meta/x.json"):
+                "/a%5c..%5c..%5csecret.txt", "/%ff"):
         status, _, body = _get(server, bad)
         assert status == 400, (bad, status)
         assert b"outside the store" not in body
+    # reports/.crs-meta/x.json is an ordinary (missing) key: the store's metadata is at its root
+    assert _get(server, "/.crs-meta/x.json")[0] == 404
     # http.server folds a leading "//" to "/": reports/secret.txt, which does not exist
     assert _get(server, "//secret.txt")[0] == 404
     # outputs are served read-only (full-size "after"); the ledger is not
