@@ -83,7 +83,7 @@ class _Group:
 
 
 def _warn_invalid(key: str, problem: str) -> None:
-    log.warning("skipping source key %r: %s", key, problem)
+    log.warning("skipping source key %r: %s", key if len(key) <= 200 else key[:197] + "...", problem)
 
 
 def discover(
