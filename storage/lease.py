@@ -101,9 +101,8 @@ class RunLease:
 
     def _write(self, record: dict[str, Any]) -> None:
         data = json.dumps(record, indent=1, sort_keys=True).encode()
-        self.store.put_if(LEASE_KEY, data, if_match=self.etag)  # type: ignore[attr-defined]
+        self.etag = self.store.put_if(LEASE_KEY, data, if_match=self.etag)  # type: ignore[attr-defined]
         self.record = record
-        self.etag = self.store.head(LEASE_KEY).etag
 
     def renew(self) -> None:
         """Move ``heartbeat_at``/``expires_at`` forward; :class:`PreconditionFailedError` if the
@@ -202,12 +201,11 @@ def acquire(store: ObjectStore, *, run_id: str, flow_run_id: str | None = None, 
                       "expires_at": _iso(now + ttl_s), "expires_ts": now + ttl_s, "released": False}
             try:
                 data = json.dumps(record, indent=1, sort_keys=True).encode()
-                store.put_if(LEASE_KEY, data, if_match=etag)  # type: ignore[attr-defined]
+                new_etag = store.put_if(LEASE_KEY, data, if_match=etag)  # type: ignore[attr-defined]
             except PreconditionFailedError:
                 continue  # another run got there first: look again
             previous = current if current is not None and not current.get("released") else None
-            return RunLease(store=store, record=record, etag=store.head(LEASE_KEY).etag, ttl_s=ttl_s,
-                            previous=previous)
+            return RunLease(store=store, record=record, etag=new_etag, ttl_s=ttl_s, previous=previous)
         if time.monotonic() >= deadline:
             raise LeaseHeldError(
                 f"another run is restoring into {store.uri}: {describe(current)}; this run stops "

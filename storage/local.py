@@ -282,10 +282,10 @@ class LocalStore:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
 
-    def put_if(self, key: str, data: bytes, *, if_match: str | None) -> None:
+    def put_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
         """Conditional put (the run lease): write only if the object's current ETag is
         ``if_match``, or, with ``if_match=None``, only if it does not exist; else
-        :class:`PreconditionFailedError`. Serialised across processes by ``flock`` on
+        :class:`PreconditionFailedError`. Returns the new ETag. Serialised across processes by ``flock`` on
         ``<root>/.crs-lock`` (every writer of a conditional key goes through here)."""
         if self._read_only:
             raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to write {key!r}")
@@ -305,6 +305,7 @@ class LocalStore:
             self.put(key, data)
         finally:
             os.close(lock)  # releases the flock
+        return f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
 
     def _stage(self, path: str, data: bytes | bytearray | memoryview) -> str:
         """Write ``data`` to a fresh temp file beside ``path`` (fsynced); return its path."""

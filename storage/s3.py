@@ -326,17 +326,19 @@ class S3Store:
         full = self._root + validate_key(key)
         self._call("DeleteObject", key, lambda: self._client.delete_object(Bucket=self._bucket, Key=full))
 
-    def put_if(self, key: str, data: bytes, *, if_match: str | None) -> None:
+    def put_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
         """Conditional put (the run lease) with S3 conditional writes: ``IfMatch=<etag>``, or
         ``IfNoneMatch='*'`` when ``if_match`` is None (create only). A lost race raises
-        :class:`PreconditionFailedError` (HTTP 412; 409 for a concurrent conditional write)."""
+        :class:`PreconditionFailedError` (HTTP 412; 409 for a concurrent conditional write).
+        Returns the new ETag."""
         if self._read_only:
             raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to write {key!r}")
         full = self._root + validate_key(key)
         cond = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
         try:
-            self._call("PutObject", key, lambda: self._client.put_object(
+            response = self._call("PutObject", key, lambda: self._client.put_object(
                 Bucket=self._bucket, Key=full, Body=bytes(data), ContentType="application/json", **cond))
+            return str(response["ETag"])
         except StoreAccessError as exc:
             if exc.code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 raise PreconditionFailedError(
