@@ -204,6 +204,8 @@ def acquire(store: ObjectStore, *, run_id: str, flow_run_id: str | None = None, 
                 new_etag = store.put_if(LEASE_KEY, data, if_match=etag)  # type: ignore[attr-defined]
             except PreconditionFailedError:
                 continue  # another run got there first: look again
+            if _read(store)[0] != record:  # a store without conditional writes: last writer won
+                continue
             previous = current if current is not None and not current.get("released") else None
             return RunLease(store=store, record=record, etag=new_etag, ttl_s=ttl_s, previous=previous)
         if time.monotonic() >= deadline:

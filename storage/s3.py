@@ -10,6 +10,7 @@ from the arguments, else ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` (or the profi
 from __future__ import annotations
 
 import io
+import logging
 import mimetypes
 import re
 import threading
@@ -41,6 +42,7 @@ from storage.errors import (
 )
 from storage.keys import validate_folder, validate_key, validate_prefix
 
+log = logging.getLogger(__name__)
 MiB = 1 << 20
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -340,6 +342,10 @@ class S3Store:
                 Bucket=self._bucket, Key=full, Body=bytes(data), ContentType="application/json", **cond))
             return str(response["ETag"])
         except StoreAccessError as exc:
+            if exc.code in ("NotImplemented", "501"):  # an S3-compatible store without them
+                log.warning("%s has no conditional writes: the run lease is best effort there", self.uri)
+                self.put(key, data)
+                return self.head(key).etag
             if exc.code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 raise PreconditionFailedError(
                     str(exc), operation="PutObject", key=key, code=exc.code
