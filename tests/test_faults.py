@@ -16,6 +16,7 @@ restored exactly once or quarantined with a reason.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ import numpy as np
 import pipeline_frames
 import pytest
 import ray
+import yaml
 from faultproxy import OutageProxy
 from pipeline_frames import (
     CrashOnce,
@@ -232,11 +234,22 @@ def assert_exactly_once(dest: ObjectStore, summaries: list[dict], frame_keys: se
     return last
 
 
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """configs/smoke.yaml without the quarantine-rate gate: these runs quarantine most frames on
+    purpose (the gate would end them failed_quality after their report, not what is tested here)."""
+    path = tmp_path_factory.mktemp("cfg") / "faults.yaml"
+    data = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    path.write_text(yaml.safe_dump({**data, "alerts": {"max_quarantine_rate": None}}))
+    return str(path)
+
+
 @flow(name="restore-frames-faults")
-def _run(source: str, dest: str, hook: str = "", arg: str = "", lease_wait_s: float = 0.0) -> dict:
+def _run(source: str, dest: str, config: str, hook: str = "", arg: str = "",
+         lease_wait_s: float = 0.0) -> dict:
     hooks = {"": lambda a: None, "crash+fail": lambda a: Hooks(CrashOnce(a), FailOn("lane/f2.png")),
              "mark": lambda a: MarkOnce(a)}
-    return run_pipeline(source, dest, "smoke", fault_hook=hooks[hook](arg), lease_wait_s=lease_wait_s)
+    return run_pipeline(source, dest, config, fault_hook=hooks[hook](arg), lease_wait_s=lease_wait_s)
 
 
 def _png_header_bomb() -> bytes:
@@ -288,14 +301,14 @@ def _fill_hostile_source(store: ObjectStore) -> set[str]:
 
 @pytest.mark.timeout(400)
 def test_hostile_names_bad_sidecars_actor_kill_and_no_secret_on_disk(
-        prefect_api: str, ray_base: Path, s3_via_proxy: dict[str, str], tmp_path: Path) -> None:
+        prefect_api: str, cfg: str, ray_base: Path, s3_via_proxy: dict[str, str], tmp_path: Path) -> None:
     bucket = _bucket(s3_via_proxy)
     src, dst = f"s3://{bucket}/inbox", f"s3://{bucket}/out"
     keys = _fill_hostile_source(open_store(src))
     marker = tmp_path / "crashed"
-    first = _run(src, dst, "crash+fail", str(marker))
+    first = _run(src, dst, cfg, "crash+fail", str(marker))
     assert marker.exists() and first["resubmitted_batches"] >= 1  # an actor was killed mid-batch
-    second = _run(src, dst)  # rerun: lane/f2 (failed unexpectedly) is redone, the rest skipped
+    second = _run(src, dst, cfg)  # rerun: lane/f2 (failed unexpectedly) is redone, the rest skipped
     dest = open_store(dst)
     last = assert_exactly_once(dest, [first, second], keys)
     for g in GOOD:
@@ -325,8 +338,9 @@ def test_hostile_names_bad_sidecars_actor_kill_and_no_secret_on_disk(
 
 
 @pytest.mark.timeout(400)
-def test_store_outage_mid_run_loses_nothing(prefect_api: str, ray_base: Path, s3_via_proxy: dict[str, str],
-                                            proxy: OutageProxy, tmp_path: Path) -> None:
+def test_store_outage_mid_run_loses_nothing(prefect_api: str, cfg: str, ray_base: Path,
+                                            s3_via_proxy: dict[str, str], proxy: OutageProxy,
+                                            tmp_path: Path) -> None:
     bucket = _bucket(s3_via_proxy)
     src, dst = f"s3://{bucket}/inbox", f"s3://{bucket}/out"
     names = [f"cam/f{i}" for i in range(8)]
@@ -334,13 +348,13 @@ def test_store_outage_mid_run_loses_nothing(prefect_api: str, ray_base: Path, s3
     trigger = tmp_path / "outage"
     proxy.arm(trigger, outage_s=12.0)
     try:
-        first = _run(src, dst, "mark", str(trigger))
+        first = _run(src, dst, cfg, "mark", str(trigger))
     finally:
         proxy.arm(tmp_path / "never", 0.0)
     assert trigger.exists() and proxy.refused > 0
     reasons = set(first["quarantine_reasons"])
     assert first["counts"]["quarantined"] >= 1 and reasons <= {"read_error", "write_error"}, first
-    second = _run(src, dst)
+    second = _run(src, dst, cfg)
     keys = {f"{n}.png" for n in names}
     last = assert_exactly_once(open_store(dst), [first, second], keys)
     assert all(row["status"] in ("restored", "skipped") for row in last.values())
@@ -348,19 +362,22 @@ def test_store_outage_mid_run_loses_nothing(prefect_api: str, ray_base: Path, s3
 
 
 @pytest.mark.timeout(300)
-def test_second_run_exits_clearly_while_the_lease_is_held_then_waits(prefect_api: str, ray_base: Path,
-                                                                     tmp_path: Path) -> None:
+def test_second_run_exits_clearly_while_the_lease_is_held_then_waits(prefect_api: str, cfg: str,
+                                                                     ray_base: Path, tmp_path: Path) -> None:
     src, dst = tmp_path / "inbox", tmp_path / "out"
     write_frames(open_store(src), ["a", "b"], truth=False)
     dest = open_store(dst)
     other = acquire(dest, run_id="20261130T000000Z-0ther0", ttl_s=60)  # a live run (this process)
     with pytest.raises(LeaseHeldError, match=r"another run is restoring into .*20261130T000000Z-0ther0"):
-        _run(str(src), str(dst))
-    assert [k for k in dest.list() if k != LEASE_KEY] == []  # it wrote nothing at all
+        _run(str(src), str(dst), cfg)
+    written = [k for k in dest.list() if k != LEASE_KEY]
+    assert written and all(k.startswith("reports/") for k in written), written  # its failure report only
+    failed = [json.loads(dest.get(k)) for k in written if k.endswith("/summary.json")]
+    assert [(f["status"], f["error"]["type"]) for f in failed] == [("failed", "LeaseHeldError")]
     timer = threading.Timer(3.0, other.release)
     timer.start()
     try:
-        summary = _run(str(src), str(dst), lease_wait_s=60.0)  # waits for the lease, then runs
+        summary = _run(str(src), str(dst), cfg, lease_wait_s=60.0)  # waits for the lease, then runs
     finally:
         timer.cancel()
     assert summary["counts"]["restored"] == 2
@@ -419,8 +436,6 @@ def _exists(pid: int) -> bool:
 
 
 def _owned_by(folder: Path, pid: int) -> bool:
-    import json
-
     try:
         return json.loads((folder / OWNER_FILE).read_text())["pid"] == pid
     except (OSError, ValueError, KeyError):
@@ -453,7 +468,7 @@ run(sys.argv[1], sys.argv[2], sys.argv[3])
 
 
 @pytest.mark.timeout(500)
-def test_killed_driver_next_run_cleans_up_and_finishes(prefect_api: str, ray_base: Path,
+def test_killed_driver_next_run_cleans_up_and_finishes(prefect_api: str, cfg: str, ray_base: Path,
                                                        s3_via_proxy: dict[str, str], tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     src, dst = tmp_path / "inbox", tmp_path / "out"
@@ -475,8 +490,6 @@ def test_killed_driver_next_run_cleans_up_and_finishes(prefect_api: str, ray_bas
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     dest = open_store(dst)
-    import json
-
     held = json.loads(dest.get(LEASE_KEY))
     assert held["pid"] == proc.pid and not held["released"]  # the dead run still "holds" it
     with get_client(sync_client=True) as client:
@@ -484,7 +497,7 @@ def test_killed_driver_next_run_cleans_up_and_finishes(prefect_api: str, ray_bas
         assert dead_run.state is not None and dead_run.state.is_running()
 
     monkeypatch.setattr(flows.actors, "LOCAL_TEMP_BASE", "/tmp")  # where the dead driver's Ray lived
-    summary = _run(str(src), str(dst))  # the next run, right after
+    summary = _run(str(src), str(dst), cfg)  # the next run, right after
 
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(uuid.UUID(held["flow_run_id"])).state
