@@ -55,7 +55,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from flows.config import RestorationSettings, load_config
+from flows.config import RestorationSettings, load_config, model_noise_sigma
 from restoration import kernels as kern
 from restoration.classical import classical_blind, wiener_deconv
 from restoration.metrics import kernel_mse, kernel_ncc, psnr, psnr_masked, sharpness_gain, ssim
@@ -312,7 +312,7 @@ class BenchContext:
     @property
     def sigma(self) -> float:
         """Noise std on the [-1, 1] scale (the settings give it on [0, 1])."""
-        return 2.0 * self.settings.noise_sigma
+        return model_noise_sigma(self.settings.noise_sigma)
 
     def priors(self) -> tuple[Any, Any]:
         if self._priors is None:

@@ -28,6 +28,12 @@ KernelInit = Literal["prior", "classical", "classical-fixed"]
 WEBHOOK_ENV = "CHECKOUT_RESTORE_WEBHOOK_URL"
 
 
+def model_noise_sigma(noise_sigma: float) -> float:
+    """The one conversion of a noise std from the settings' [0, 1] intensity scale to the [-1, 1]
+    scale the priors and samplers work on (x_model = 2 x - 1, so the std doubles)."""
+    return 2.0 * noise_sigma
+
+
 class ConfigError(ValueError):
     """A config that cannot be found, parsed or validated; the message is one line naming the file."""
 
@@ -50,7 +56,8 @@ class RestorationSettings(Frozen):
     kernel_size: int = Field(31, ge=3, description="odd side of the estimated blur kernel, px")
     steps: int = Field(30, ge=1, description="reverse-diffusion steps of the sampler")
     noise_sigma: float = Field(0.02, gt=0, le=0.5,
-                               description="assumed noise std of the input on the [0, 1] intensity scale")
+                               description="assumed noise std of the input on the [0, 1] intensity scale "
+                               "(the samplers get model_noise_sigma(): the [-1, 1] scale)")
     method: Method = Field("proximal", description="blind sampler variant")
     image_guidance: float = Field(1.0, ge=0, description="proximal: share of the data-consistent image step")
     kernel_guidance: float = Field(0.5, ge=0, description="proximal: blend of the kernel update into k0_hat")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
 from PIL import Image
 
-from flows.config import RestorationSettings
+from flows.config import KernelInit, RestorationSettings, model_noise_sigma
 from flows.device import to_device, use_bf16
 from restoration.classical import blind_kernel
 from restoration.cvsa import restore_blind
@@ -28,7 +29,7 @@ from restoration.rng import generator_for
 
 # 'prior': kernel prior + least-squares updates only; 'classical': kernel process anchored on the
 # classical L0 estimate; 'classical-fixed': that estimate is the kernel (image sampled with CVSA).
-KERNEL_INITS = ("prior", "classical", "classical-fixed")
+KERNEL_INITS = get_args(KernelInit)  # the config's Literal: validated at load, one list
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,7 @@ class FrameRestorer:
         y = to_device(torch.stack(ys), self.device)  # pinned + asynchronous to a GPU
         m = to_device(torch.stack(ms), self.device)
         # noise std on the [-1, 1] scale, per frame: area downscaling by 1/scale averages it down
-        sigma = torch.tensor([2.0 * s.noise_sigma * sc for sc in scales], dtype=torch.float64)
-        if s.kernel_init not in KERNEL_INITS:
-            raise ValueError(f"unknown kernel_init {s.kernel_init!r}; choose from {KERNEL_INITS}")
+        sigma = torch.tensor([model_noise_sigma(s.noise_sigma) * sc for sc in scales], dtype=torch.float64)
         kernel_init = known = None
         if s.kernel_init != "prior":
             classical = blind_kernel(y.double(), m.double(), s.kernel_size).to(y.dtype)
