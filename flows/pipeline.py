@@ -194,42 +194,58 @@ def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int 
     return Plan(pending=pending, deferred=deferred, rows=rows)
 
 
+class Progress:
+    """Progress of the restore phase: a tqdm bar on a terminal (``stream.isatty()``), otherwise one
+    compact log line every ``every`` frames and at the end (deployments, log files)."""
+
+    def __init__(self, total: int, logger: Any, every: int = 100, stream: Any = None) -> None:
+        from tqdm import tqdm
+
+        self.total, self.logger, self.every = total, logger, every
+        stream = stream if stream is not None else sys.stderr
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=total, unit="frame", desc="restoring", file=stream, dynamic_ncols=True) \
+            if tty else None
+        self.logged = 0
+
+    def update(self, done: int, elapsed_s: float, resubmitted: int) -> None:
+        rate = done / elapsed_s if elapsed_s > 0 else float("nan")
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix(resubmitted=resubmitted, refresh=False)
+        elif done - self.logged >= self.every or (done == self.total and done != self.logged):
+            self.logged = done
+            self.logger.info("%d/%d frames (%.0f%%), %.2f frames/s, %d batches resubmitted", done, self.total,
+                             100.0 * done / self.total, rate, resubmitted)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @task(name="restore-batches", cache_policy=NO_CACHE)
 def restore_batches(pool: ActorPool, refs: list[FrameRef], batch_size: int, max_in_flight: int,
                     progress_id: Any, progress_every: int = 100) -> tuple[list[dict], int]:
-    """Fan the frames out to the actors. On a terminal: a tqdm progress bar; otherwise (a
-    deployment, a log file) one compact line every ``progress_every`` frames and at the end.
-    The progress artifact moves with every batch."""
-    from tqdm import tqdm
-
+    """Fan the frames out to the actors; :class:`Progress` shows how far it got (a bar on a
+    terminal, a compact line every ``progress_every`` frames otherwise). The progress artifact
+    moves with every batch."""
     logger = get_run_logger()
     batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
     logger.info("restoring %d frames in %d batches on %d actors", len(refs), len(batches), len(pool.actors))
-    bar = tqdm(total=len(refs), unit="frame", desc="restoring", file=sys.stderr, dynamic_ncols=True) \
-        if sys.stderr.isatty() else None
-    logged = [0]
+    progress = Progress(len(refs), logger, progress_every)
 
     def on_batch(done: BatchDone) -> None:
         for row in done.rows:
             if row["status"] == "quarantined":
                 logger.warning("quarantined %s: %s (%s)", row["key"], row["reason"], row["detail"])
-        rate = done.frames_done / done.elapsed_s if done.elapsed_s > 0 else float("nan")
-        if bar is not None:
-            bar.update(done.frames_done - bar.n)
-            bar.set_postfix(resubmitted=done.resubmitted, refresh=False)
-        elif done.frames_done - logged[0] >= progress_every or done.frames_done == done.frames_total:
-            logged[0] = done.frames_done
-            logger.info("%d/%d frames (%.0f%%), %.2f frames/s, %d batches resubmitted", done.frames_done,
-                        done.frames_total, 100.0 * done.frames_done / done.frames_total, rate,
-                        done.resubmitted)
+        progress.update(done.frames_done, done.elapsed_s, done.resubmitted)
         if progress_id is not None:
             update_progress_artifact(progress_id, progress=100.0 * done.frames_done / done.frames_total)
 
     try:
         return fan_out(pool, batches, max_in_flight=max_in_flight, on_batch=on_batch, logger=logger)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
 
 
 def summarize(rows: Sequence[dict], **fields: Any) -> dict[str, Any]:

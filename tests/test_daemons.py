@@ -17,6 +17,7 @@ import pytest
 from flows.bridge_sqs import bridge, check_queue
 from flows.daemon import Backoff
 from flows.errors import UserError
+from flows.pipeline import Progress  # imports Prefect, which sets up logging: before caplog does
 from flows.upload_events import EventEmitError, FrameUpload
 from flows.watch import watch
 from storage.errors import StoreAccessError
@@ -210,3 +211,33 @@ def test_serve_waits_for_an_unreachable_prefect_api_and_stops_on_sigterm(tmp_pat
     err = "".join(lines) + rest
     assert "Prefect API unavailable" in err and err.count("unavailable") == 1, err
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_every_n_frames_otherwise(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log = logging.getLogger("test.progress")
+    tty = Tty()
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        bar = Progress(250, log, every=100, stream=tty)
+        for done in range(10, 251, 10):  # 25 batches of 10
+            bar.update(done, done / 5.0, 0)
+        bar.close()
+        assert caplog.records == []  # the bar, not log lines
+        assert "250/250" in tty.getvalue() and "frame" in tty.getvalue()
+
+        plain = io.StringIO()
+        lines = Progress(250, log, every=100, stream=plain)
+        for done in range(10, 251, 10):
+            lines.update(done, done / 5.0, 1)
+        lines.close()
+    assert plain.getvalue() == ""
+    assert [r.getMessage() for r in caplog.records] == [
+        "100/250 frames (40%), 5.00 frames/s, 1 batches resubmitted",
+        "200/250 frames (80%), 5.00 frames/s, 1 batches resubmitted",
+        "250/250 frames (100%), 5.00 frames/s, 1 batches resubmitted"]
