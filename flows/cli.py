@@ -48,6 +48,14 @@ def version() -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """``--version``: looks the version up only when asked (importlib.metadata costs ~0.1 s)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
 def build_parser(command: str | None = None, *, full: bool = False) -> argparse.ArgumentParser:
     """The parser with ``command``'s options (only its module is imported; the other commands are
     listed by name and help). ``full=True`` imports every module (tests of the whole CLI)."""
@@ -55,8 +63,7 @@ def build_parser(command: str | None = None, *, full: bool = False) -> argparse.
         prog="checkout-restore",
         description="Blind restoration of checkout frames (CVSA on critically-damped Langevin diffusion).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
-                        help="print the version and exit")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module, adder, commands in SUBCOMMANDS:
