@@ -16,6 +16,8 @@ which is then quarantined (``worker_crashed``).
 Ray runs in-process by default (:func:`ensure_ray`), bound to loopback only; ``RAY_ADDRESS`` or
 ``cluster.address`` connects to an existing cluster instead. Credentials are never handed to Ray:
 actors of a local instance inherit the driver's environment, cluster nodes use their own.
+``cluster.resources`` places actors by custom resource; GPU actors pick their device and size
+their calls by memory (:mod:`flows.device`).
 """
 
 from __future__ import annotations

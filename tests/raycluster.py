@@ -68,11 +68,50 @@ def start_time(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
+def _listening_inodes() -> dict[int, str]:
+    """socket inode -> ``addr:port`` for every listening TCP socket (from /proc/net/tcp{,6})."""
+    out: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            addr, port = fields[1].split(":")
+            raw = bytes.fromhex(addr)
+            if len(raw) == 4:
+                host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+            else:  # four host-order 32-bit words
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                host = socket.inet_ntop(socket.AF_INET6, words)
+            out[int(fields[9])] = f"{host}:{int(port, 16)}"
+    return out
+
+
 def listeners(pids: set[int] | None = None) -> list[str]:
-    """``addr:port`` of the listening TCP sockets of the processes ``pids`` (all when None), from ``ss``."""
-    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=False).stdout
-    return [line.split()[3] for line in out.splitlines()
-            if pids is None or any(f"pid={pid}," in line for pid in pids)]
+    """``addr:port`` of the listening TCP sockets of the processes ``pids`` (every listening
+    socket when None). Read from /proc, so no ``ss``/``netstat`` is needed."""
+    sockets = _listening_inodes()
+    if pids is None:
+        return sorted(set(sockets.values()))
+    found = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and int(link[8:-1]) in sockets:
+                found.add(sockets[int(link[8:-1])])
+    return sorted(found)
 
 
 class RayCluster:
