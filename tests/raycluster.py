@@ -3,8 +3,9 @@
 ``ray start --head`` plus one worker node, each ``ray start --block`` in its own process group,
 with token authentication (``RAY_AUTH_MODE=token``; the token lives only in the environment of
 the processes started here, never in a file). Stopping terminates what was started *by process
-id*: both process groups, then every process that descended from them (Ray puts its workers in
-their own process groups). ``ray stop`` is never used: it kills every Ray process of the user,
+id*: both process groups, then every process that descended from them or carries the cluster's
+token in its environment (Ray puts its workers in their own process groups, and a worker outlives
+a killed raylet for a moment). ``ray stop`` is never used: it kills every Ray process of the user,
 including other sessions' clusters on a shared machine.
 """
 
@@ -174,10 +175,27 @@ class RayCluster:
                 return json.loads(line[len("RESULT"):])
         return None
 
+    def _carrying_token(self) -> set[int]:
+        """Processes whose environment holds this cluster's token: every process the cluster
+        started (Ray passes its environment on), even one orphaned when its raylet died."""
+        marker = f"RAY_AUTH_TOKEN={self.env['RAY_AUTH_TOKEN']}".encode()
+        found = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    with open(f"/proc/{entry}/environ", "rb") as f:
+                        if marker in f.read().split(b"\0"):
+                            found.add(int(entry))
+                except OSError:
+                    continue
+        return found
+
     def pids(self) -> set[int]:
-        """Every live process of this cluster seen so far (remembered, so that workers reparented
-        when their raylet dies are still known)."""
-        for pid in {p.pid for p in self.procs} | descendants([p.pid for p in self.procs]):
+        """Every live process of this cluster: the ``ray start`` processes, their descendants and
+        whatever carries the cluster's token (remembered with their start time, so a reused pid is
+        never taken for one of ours)."""
+        roots = [p.pid for p in self.procs]
+        for pid in {*roots, *descendants(roots), *self._carrying_token()}:
             started = start_time(pid)
             if started is not None:
                 self.seen.setdefault(pid, started)
@@ -188,7 +206,7 @@ class RayCluster:
 
     def stop(self, grace: float = 30) -> None:
         """SIGTERM both ``ray start --block`` groups (they stop their node), then SIGKILL whatever
-        of the processes seen is still alive, by pid."""
+        process of the cluster is still alive, by pid, until none is left."""
         self.pids()
         for p in self.procs:
             if p.poll() is None:
@@ -196,14 +214,14 @@ class RayCluster:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and self.pids():
             time.sleep(0.5)
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (left := self.pids()) and time.monotonic() < deadline:
+            for pid in left:  # again and again: a dying raylet may still have started a worker
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self.pids():
-            time.sleep(0.5)
         if not self.pids():
             shutil.rmtree(self.temp_dir, ignore_errors=True)

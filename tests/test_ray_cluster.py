@@ -36,10 +36,11 @@ def cluster() -> Iterator[RayCluster]:
     try:
         yield rc.start()
     finally:
-        bound = set(listeners(rc.pids()))
+        ours = rc.pids()
         rc.stop()
-        assert not rc.pids(), f"Ray processes left running: {sorted(rc.pids())}"
-        assert not bound & set(listeners()), f"listeners left: {bound & set(listeners())}"
+        left = rc.pids()
+        assert not left, f"Ray processes left running: {sorted(left)}"
+        assert not listeners(ours | left), f"listeners left: {listeners(ours | left)}"
 
 
 def _config(tmp_path: Path) -> Path:
