@@ -305,6 +305,7 @@ td.status { white-space:nowrap; }
 .compare img { display:block; border:1px solid var(--line); }
 .compare img.kernel { image-rendering:pixelated; background:#000; }
 .pager { margin:10px 0; } .pager a, .pager span { margin-right:10px; }
+td.worse { color:var(--bad); font-weight:650; } td.better { color:var(--ok); font-weight:650; }
 td.detail { font-size:12px; overflow-wrap:anywhere; max-width:520px; }
 """
 
@@ -429,9 +430,12 @@ def _before_after(rows: Sequence[Mapping[str, object]]) -> str:
         total = ""
         if counts:  # e.g. codes readable: totals say more than means
             total = f" (total {int(sum(a for a, _ in both))} → {int(sum(b for _, b in both))})"
+        better = m.higher_is_better if m else True  # counts (codes read) and unknown pairs: more is better
+        verdict = "" if better is None or after == before else (
+            " better" if (after > before) == better else " worse")
         lines.append(f"<tr><td>{_esc(label)}</td><td class=\"num\">{fmt.format(before)}</td>"
                      f"<td class=\"num\">{fmt.format(after)}</td>"
-                     f"<td class=\"num\">{after - before:+.3g}{total}</td>"
+                     f"<td class=\"num{verdict}\">{after - before:+.3g}{total}</td>"
                      f"<td class=\"num\">{len(both)}</td></tr>")
     gains = [g for r in rows if (g := _num(r.get("sharpness_gain"))) is not None]
     if gains:

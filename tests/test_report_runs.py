@@ -60,6 +60,11 @@ def test_before_after_table_and_generic_fields() -> None:
     assert table["PSNR (dB)"][:3] == ["21.50", "25.00", "+3.5"]
     assert table["codes"][:2] == ["0.5", "1"] and "total 1 → 2" in table["codes"][2]
     assert table["sharpness (after ÷ before)"][1] == "1.40"
+    html_text = files["index.html"].decode()
+    assert '<td class="num better">+3.5</td>' in html_text  # PSNR went up: green
+    worse = [_row("a.png", "restored", residual=1.1, psnr=20.0) | {"psnr_in": 22.0}]
+    page_worse = render_run_report(_summary(_run_id(1), worse), worse, _Images(worse))["index.html"].decode()
+    assert '<td class="num worse">-2</td>' in page_worse  # restoration made it worse: red
     head = files["index.html"].decode().split('id="frames-table"')[1].split("</thead>")[0]
     for column in ("codes_in", "codes_out", "kstrat_score", "input PSNR"):
         assert column in head  # fields other parts add are shown without code changes here
