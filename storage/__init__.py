@@ -36,7 +36,6 @@ _EXPORTS = {
     "TruncatedImageError": "storage.errors",
     "TruthSizeMismatchError": "storage.errors",
     "classify": "storage.sidecars",
-    "config_hash": "storage.ledger",
     "decode_frame": "storage.images",
     "decode_mask": "storage.images",
     "discover": "storage.sidecars",
@@ -96,7 +95,6 @@ __all__ = [
     "TruncatedImageError",
     "TruthSizeMismatchError",
     "classify",
-    "config_hash",
     "decode_frame",
     "decode_mask",
     "discover",
@@ -192,7 +190,6 @@ if TYPE_CHECKING:
     )
     from storage.ledger import (
         LedgerEntry,
-        config_hash,
         output_metadata,
         pending,
         read_ledger,

@@ -6,28 +6,22 @@ dies half-way through a frame leaves no ledger entry, so the frame stays pending
 also carry the same facts as S3 user metadata, :func:`output_metadata`, for provenance, but
 only the ledger decides.) A frame is up to date when its entry names the same source key,
 the source ETag seen now, the ETags of its sidecars seen now (mask, truth: a sidecar changed,
-added or removed makes the frame pending), the same config hash and the same model version.
-A frame whose content cannot be restored gets an entry without outputs and with its
-``quarantine_reason`` (:func:`record_quarantined`), so reruns skip it until something changes.
+added or removed makes the frame pending), the same config hash (computed by the caller:
+``flows.config.PipelineConfig.config_hash``) and the same model version. A frame whose content
+cannot be restored gets an entry without outputs and with its ``quarantine_reason``
+(:func:`record_quarantined`), so reruns skip it until something changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import hashlib
 import json
 import logging
-import math
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import PurePath
-from typing import Any
 from urllib.parse import quote
-
-import numpy as np
 
 from storage.base import ObjectStore, stores_overlap
 from storage.errors import LedgerError, ObjectNotFoundError, OverlappingStoresError
@@ -37,57 +31,6 @@ from storage.sidecars import FrameRef, discover
 log = logging.getLogger(__name__)
 
 LEDGER_SCHEMA = 1
-HASH_CHARS = 16  # 64 bits of sha256: collisions are not a practical concern for configs
-
-
-def _plain(obj: Any) -> Any:
-    """Reduce a config object to JSON types, deterministically."""
-    if obj is None or isinstance(obj, bool | str):
-        return obj
-    if isinstance(obj, enum.Enum):
-        return _plain(obj.value)
-    if isinstance(obj, np.generic):
-        return _plain(obj.item())
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        if not math.isfinite(obj):
-            raise ValueError(f"config_hash: non-finite float {obj!r}")
-        # 100 and 100.0 (YAML int vs dataclass float) are the same setting.
-        return int(obj) if obj.is_integer() and abs(obj) < 2**53 else obj
-    if isinstance(obj, PurePath):
-        return obj.as_posix()
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if hasattr(obj, "model_dump") and callable(obj.model_dump):  # pydantic v2 model
-        return _plain(obj.model_dump(mode="json"))
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise TypeError(f"config_hash: mapping keys must be str, got {k!r}")
-            out[k] = _plain(v)
-        return out
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, set | frozenset):
-        items = [_plain(v) for v in obj]
-        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
-    raise TypeError(f"config_hash: cannot hash a {type(obj).__name__}")
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no whitespace, no NaN; dataclasses/pydantic/enums/paths/numpy reduced."""
-    return json.dumps(
-        _plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def config_hash(obj: Any) -> str:
-    """Stable short hash of a configuration: first 16 hex digits of sha256(canonical JSON)."""
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:HASH_CHARS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,8 +283,6 @@ def _now() -> str:
 __all__ = [
     "LEDGER_SCHEMA",
     "LedgerEntry",
-    "canonical_json",
-    "config_hash",
     "current_etags",
     "output_metadata",
     "pending",
