@@ -61,11 +61,11 @@ from flows.errors import is_transient
 from flows.notify import notify
 from storage.base import ObjectStore, stores_overlap
 from storage.errors import ObjectNotFoundError, OverlappingStoresError, StoreAccessError
-from storage.keys import ledger_key, output_keys
+from storage.keys import output_keys
 from storage.lease import RunLease
 from storage.lease import acquire as acquire_lease
 from storage.lease import describe as describe_lease
-from storage.ledger import LedgerEntry, current_etags
+from storage.ledger import LedgerEntry, look_up
 from storage.reports import new_run_id, prune_runs, write_frames_report, write_summary
 from storage.sidecars import IMAGE_EXTENSIONS, FrameRef, discover
 from storage.stores import open_store
@@ -90,18 +90,6 @@ class Candidate:
     failed: dict | None = None
 
 
-def read_entry(dest: ObjectStore, frame_id: str) -> tuple[LedgerEntry | None, str | None]:
-    """A frame's ledger entry and its quarantine reason (None, None when absent or unreadable:
-    then the frame is simply redone)."""
-    try:
-        entry = LedgerEntry.from_json(dest.get(ledger_key(frame_id)))
-    except ObjectNotFoundError:
-        return None, None
-    except (ValueError, TypeError, AttributeError):
-        return None, None
-    return entry, entry.quarantine_reason
-
-
 @dataclass(frozen=True)
 class Discovery:
     candidates: list[Candidate]
@@ -123,24 +111,28 @@ IO_TASK = {"retries": 3, "retry_delay_seconds": [1, 5, 20], "retry_condition_fn"
 @task(name="discover-frames", **IO_TASK)
 def discover_frames(source_uri: str, dest_uri: str) -> Discovery:
     """Every frame under the source with its current ETag and ledger entry (discovery order)."""
-    source, dest = open_store(source_uri, read_only=True), open_store(dest_uri)
+    return find_frames(open_store(source_uri, read_only=True), open_store(dest_uri))
+
+
+def find_frames(source: ObjectStore, dest: ObjectStore) -> Discovery:
+    """:func:`discover` the source and :func:`storage.ledger.look_up` each frame (threads);
+    :func:`plan_run` then decides what is pending. Writes nothing."""
     invalid: list[tuple[str, str]] = []
     unsupported: list[str] = []
 
-    def look_up(ref: FrameRef) -> Candidate | None:
+    def look(ref: FrameRef) -> Candidate | None:
         try:
-            current = current_etags(source, ref)
-            entry, reason = read_entry(dest, ref.id)
+            current, entry = look_up(source, dest, ref)
         except ObjectNotFoundError:
             return None  # deleted since the listing
         except Exception as exc:  # this frame's lookup only: its row, not the run's failure
             return Candidate(ref=ref, entry=None, failed=frame_failure_row(ref, exc, stage="read"))
-        return Candidate(ref=current, entry=entry, quarantined=reason)
+        return Candidate(ref=current, entry=entry, quarantined=entry.quarantine_reason if entry else None)
 
     refs = discover(source, on_invalid=lambda key, problem: invalid.append((key, problem)),
                     on_other=unsupported.append)
     with ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="discover") as pool:
-        found = [c for c in pool.map(look_up, refs) if c is not None]
+        found = [c for c in pool.map(look, refs) if c is not None]
     failed = [c for c in found if c.failed is not None and c.failed["reason"] == "read_error"]
     if failed and len(failed) == len(found):
         # Every lookup failed on the store: that is the store, not the frames (Prefect retries).

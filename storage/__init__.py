@@ -53,7 +53,6 @@ _EXPORTS = {
     "open_store": "storage.stores",
     "output_keys": "storage.keys",
     "output_metadata": "storage.ledger",
-    "pending": "storage.ledger",
     "read_ledger": "storage.ledger",
     "record_done": "storage.ledger",
     "report_key": "storage.keys",
@@ -112,7 +111,6 @@ __all__ = [
     "open_store",
     "output_keys",
     "output_metadata",
-    "pending",
     "read_ledger",
     "record_done",
     "report_key",
@@ -191,7 +189,6 @@ if TYPE_CHECKING:
     from storage.ledger import (
         LedgerEntry,
         output_metadata,
-        pending,
         read_ledger,
         record_done,
     )

@@ -17,16 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from storage.base import ObjectStore, stores_overlap
-from storage.errors import LedgerError, ObjectNotFoundError, OverlappingStoresError
+from storage.base import ObjectStore
+from storage.errors import LedgerError, ObjectNotFoundError
 from storage.keys import ledger_key, output_keys
-from storage.sidecars import FrameRef, discover
+from storage.sidecars import FrameRef
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +90,7 @@ def read_ledger(dest: ObjectStore, frame_id: str) -> LedgerEntry | None:
         return None
     try:
         return LedgerEntry.from_json(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         log.warning("unreadable ledger entry %r in %s (%s): frame will be redone", key, dest.uri, exc)
         return None
 
@@ -127,79 +125,13 @@ def current_etags(source: ObjectStore, ref: FrameRef) -> FrameRef:
     return dataclasses.replace(ref, etag=etag, sidecar_etags=tuple(sorted(sidecars)))
 
 
-def _check_one(
-    source: ObjectStore, dest: ObjectStore, ref: FrameRef, config_hash: str, model_version: str
-) -> FrameRef | None:
-    try:
-        ref = current_etags(source, ref)
-    except ObjectNotFoundError:
-        log.warning("source frame %r vanished from %s after listing", ref.key, source.uri)
-        return None
-    assert ref.etag is not None
-    entry = read_ledger(dest, ref.id)
-    if entry is not None and entry.is_current(ref, ref.etag, config_hash, model_version):
-        return None
-    return ref
-
-
-def pending(
-    source_store: ObjectStore,
-    dest_store: ObjectStore,
-    config_hash: str,
-    model_version: str,
-    prefix: str = "",
-    *,
-    workers: int = 8,
-    on_invalid: Callable[[str, str], None] | None = None,
-) -> Iterator[FrameRef]:
-    """Yield, in discovery order, exactly the frames without an up-to-date ledger entry.
-
-    Each yielded :class:`FrameRef` carries ``etag``: the source ETag read *before* the frame
-    is processed. Pass it on to :func:`record_done`; if the source changes in between, the
-    recorded ETag is the old one and the next run redoes the frame (never the reverse).
-    Lookups (a HEAD on the source, a GET of the ledger entry) run on ``workers`` threads
-    with a bounded look-ahead of ``4 * workers`` frames, so memory stays bounded.
-    Raises :class:`OverlappingStoresError` if one store lies inside the other.
-    """
-    if stores_overlap(source_store, dest_store):
-        raise OverlappingStoresError(
-            f"source {source_store.uri} and destination {dest_store.uri} overlap: outputs "
-            "would be rediscovered as frames"
-        )
-    refs = discover(source_store, prefix, on_invalid=on_invalid)
-    return _pending(source_store, dest_store, refs, config_hash, model_version, workers)
-
-
-def _pending(
-    source_store: ObjectStore,
-    dest_store: ObjectStore,
-    refs: Iterator[FrameRef],
-    config_hash: str,
-    model_version: str,
-    workers: int,
-) -> Iterator[FrameRef]:
-    args = (source_store, dest_store)
-    if workers <= 1:
-        for ref in refs:
-            todo = _check_one(*args, ref, config_hash, model_version)
-            if todo is not None:
-                yield todo
-        return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
-    window: deque[Future[FrameRef | None]] = deque()
-    try:
-        for ref in refs:
-            window.append(pool.submit(_check_one, *args, ref, config_hash, model_version))
-            if len(window) >= 4 * workers:
-                todo = window.popleft().result()
-                if todo is not None:
-                    yield todo
-        while window:
-            todo = window.popleft().result()
-            if todo is not None:
-                yield todo
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+def look_up(source: ObjectStore, dest: ObjectStore, ref: FrameRef) -> tuple[FrameRef, LedgerEntry | None]:
+    """``ref`` with its current ETags (:func:`current_etags`, read *before* the frame is
+    processed: pass that ref on to :func:`record_done`) and its ledger entry (:func:`read_ledger`).
+    The frame is up to date when ``entry.is_current(ref, ref.etag, config_hash, model_version)``;
+    :class:`ObjectNotFoundError` if the frame is gone since the listing."""
+    ref = current_etags(source, ref)
+    return ref, read_ledger(dest, ref.id)
 
 
 def record_done(
@@ -215,12 +147,12 @@ def record_done(
 ) -> LedgerEntry:
     """Write ``ledger/<id>.json`` for a finished frame; call it after writing the outputs.
 
-    ``ref.etag`` must be set (use the refs :func:`pending` yields). ``outputs`` defaults to
+    ``ref.etag`` must be set (use the refs :func:`look_up` returns). ``outputs`` defaults to
     the three standard outputs; with ``verify`` each must exist, else :class:`LedgerError`.
     """
     if ref.etag is None:
         raise ValueError(
-            f"FrameRef {ref.key!r} has no etag: use the refs from pending(), or "
+            f"FrameRef {ref.key!r} has no etag: use the refs from look_up(), or "
             "dataclasses.replace(ref, etag=source.head(ref.key).etag) before processing"
         )
     names = tuple(outputs) if outputs is not None else output_keys(ref.id)
@@ -284,8 +216,8 @@ __all__ = [
     "LEDGER_SCHEMA",
     "LedgerEntry",
     "current_etags",
+    "look_up",
     "output_metadata",
-    "pending",
     "read_ledger",
     "record_done",
     "record_quarantined",

@@ -25,12 +25,13 @@ from pipeline_frames import make_frame, npy_bytes, write_frames
 
 from flows.actors import RestoreWorker, RunContext, frame_failure_row, truth_metrics
 from flows.config import load_config
+from flows.pipeline import find_frames, plan_run
 from storage import errors
 from storage.errors import InvalidKeyError, StorageError, StoreAccessError
 from storage.frames import DEFAULT_MAX_BYTES
 from storage.images import encode_png
 from storage.lease import LEASE_KEY, LeaseHeldError, acquire, process_identity
-from storage.ledger import current_etags, pending, read_ledger, record_done, record_quarantined
+from storage.ledger import current_etags, read_ledger, record_done, record_quarantined
 from storage.report_html import make_thumbnail
 from storage.reports import csv_cell, load_frames_report, new_run_id, write_frames_report
 from storage.sidecars import discover
@@ -257,7 +258,7 @@ def test_changed_added_or_removed_sidecar_makes_the_frame_pending(tmp_path: Path
     write_frames(src, ["a", "b"], truth=False, mask_first=False)
 
     def todo() -> list[str]:
-        return [r.id for r in pending(src, dst, "h", "m", workers=1)]
+        return [r.id for r in plan_run(find_frames(src, dst), "h", "m", None).pending]
 
     def finish(fid: str, quarantine: str | None = None) -> None:
         ref = current_etags(src, next(r for r in discover(src) if r.id == fid))
@@ -392,7 +393,8 @@ def test_frame_beside_a_folder_named_like_its_outputs_both_restored(tmp_path: Pa
     assert [r["status"] for r in rows] == ["restored"] * len(names), [r["detail"] for r in rows]
     assert all(read_ledger(dst, n).source_key == f"{n}.png" for n in names)
     assert len({r["restored_key"] for r in rows}) == len(names)
-    assert [r.id for r in pending(src, dst, load_config("smoke").config_hash(), "fake:1", workers=1)] == []
+    plan = plan_run(find_frames(src, dst), load_config("smoke").config_hash(), "fake:1", None)
+    assert plan.pending == []
 
 
 def test_lease_on_an_s3_compatible_store_without_conditional_writes(s3_bucket: str,
