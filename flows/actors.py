@@ -195,32 +195,12 @@ class RestoreWorker:
                                source_uri=self._ctx.source_uri)
 
     def _decode(self, ref: FrameRef) -> _Decoded:
-        from storage.frames import read_capped
-        from storage.images import decode_frame, decode_mask
-        from storage.sidecars import load_kernel
+        from storage.frames import load_frame
 
-        # Every read is size-capped before any byte is decoded (storage.frames.DEFAULT_MAX_BYTES).
-        image = decode_frame(read_capped(self._source, ref.key))
-        mask = None
-        if ref.mask_key:
-            mask = decode_mask(read_capped(self._source, ref.mask_key), shape=image.shape)
-        item = _Decoded(ref=ref, image=image, mask=mask)
-        # Ground truth is optional: a broken truth sidecar loses the metrics, not the frame.
-        if ref.sharp_key:
-            try:
-                sharp = decode_frame(read_capped(self._source, ref.sharp_key))
-                if sharp.shape != image.shape:
-                    raise FrameError(f"sharp truth is {sharp.shape}, frame is {image.shape}",
-                                     reason="truth_size_mismatch")
-                item.sharp = sharp
-            except (FrameError, StorageError) as exc:
-                item.notes.append(f"sharp truth ignored ({getattr(exc, 'reason', 'read_error')}: {exc})")
-        if ref.kernel_key:
-            try:
-                item.kernel = load_kernel(read_capped(self._source, ref.kernel_key))
-            except (FrameError, StorageError) as exc:
-                item.notes.append(f"kernel truth ignored ({getattr(exc, 'reason', 'read_error')}: {exc})")
-        return item
+        notes: list[str] = []
+        data = load_frame(self._source, ref, on_bad_truth=notes.append)
+        return _Decoded(ref=ref, image=data.image, mask=data.mask, sharp=data.sharp, kernel=data.kernel,
+                        notes=notes)
 
     def _restore_all(self, items: list[_Decoded], rows: dict[str, dict]) -> list[tuple[_Decoded, Any]]:
         """Restore ``items`` in one call; if that call fails, frame by frame to find the culprit.

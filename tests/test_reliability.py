@@ -137,8 +137,9 @@ def _worker(src: str, dst: str) -> RestoreWorker:
 def test_worker_turns_every_per_frame_failure_into_that_frames_row(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     src, dst = open_store(tmp_path / "in"), open_store(tmp_path / "out")
-    write_frames(src, ["ok", "boom", "kern19", "kern44", "big", "nowrite", "badmask"], truth=False,
-                 mask_first=False)
+    write_frames(src, ["ok", "boom", "kern19", "kern44", "big", "nowrite", "badmask", "badsharp"],
+                 truth=False, mask_first=False)
+    src.put("badsharp.sharp.png", encode_png(np.zeros((5, 5, 3), np.uint8)))  # truth of another size
     src.put("kern19.kernel.npy", npy_bytes(np.full((1, 9), 1 / 9)))  # valid, not an odd square
     src.put("kern44.kernel.npy", npy_bytes(np.full((4, 4), 1 / 16)))
     src.put("badmask.mask.png", encode_png(np.ones((5, 5), bool)))  # wrong size
@@ -165,6 +166,8 @@ def test_worker_turns_every_per_frame_failure_into_that_frames_row(tmp_path: Pat
     assert (rows["big"]["status"], rows["big"]["reason"]) == ("quarantined", "image_too_large")
     assert (rows["nowrite"]["status"], rows["nowrite"]["reason"]) == ("quarantined", "write_error")
     assert (rows["badmask"]["status"], rows["badmask"]["reason"]) == ("quarantined", "mask_size_mismatch")
+    assert rows["badsharp"]["status"] == "restored"  # a broken truth loses the metrics, not the frame
+    assert "sharp truth ignored (truth_size_mismatch" in rows["badsharp"]["detail"]
     assert read_ledger(dst, "nowrite") is None  # retried next run
     assert read_ledger(dst, "badmask").quarantine_reason == "mask_size_mismatch"  # skipped until it changes
     # Unexpected exception types are typed too, never the batch's failure.

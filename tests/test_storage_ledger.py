@@ -373,6 +373,12 @@ def test_load_frame_with_sidecars(make_store: Any) -> None:
     with pytest.raises(TruthSizeMismatchError) as info:
         load_frame(store, refs["h"])
     assert info.value.reason == "truth_size_mismatch"
+    notes: list[str] = []  # the pipeline's policy: a bad truth loses the metrics, not the frame
+    lenient = load_frame(store, refs["h"], on_bad_truth=notes.append)
+    assert lenient.sharp is None and notes == [notes[0]] and notes[0].startswith(
+        "sharp truth ignored (truth_size_mismatch: sharp truth is 5x8 (HxW), frame is 6x8")
+    with pytest.raises(MaskSizeMismatchError):  # the mask is not truth: still the frame's fault
+        load_frame(store, refs["g"], on_bad_truth=notes.append)
     with pytest.raises(ImageTooLargeError, match="bytes, over"):
         load_frame(store, refs["f"], max_bytes=10)
     assert load_frame(store, FrameRef("g.png", "g")).mask is None
