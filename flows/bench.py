@@ -62,8 +62,11 @@ from restoration.metrics import kernel_mse, kernel_ncc, psnr, psnr_masked, sharp
 from restoration.operators import blur
 from restoration.rng import generator_for
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
-from storage import discover, encode_png, load_frame, open_store, save_kernel
 from storage.base import ObjectStore
+from storage.frames import load_frame
+from storage.images import encode_png
+from storage.sidecars import discover, save_kernel
+from storage.stores import open_store
 
 SUITES: tuple[str, ...] = ("motion", "gaussian", "motion+occlusion")
 METHOD_NAMES: tuple[str, ...] = (

@@ -251,8 +251,8 @@ def add_dashboard_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 def dashboard_main(args: argparse.Namespace) -> int:
     """Serve until interrupted (prints the URL), or write ``--screenshot``. Returns the exit status."""
-    from storage import open_store
     from storage.reports import list_runs  # pulls in pandas: only when the command runs
+    from storage.stores import open_store
 
     store = open_store(args.dest, read_only=True)
     if getattr(args, "screenshot", None):

@@ -25,8 +25,9 @@ import torch
 
 from flows.table1 import METHODS, MethodContext, NotApplicable, Observation
 from restoration.tasks import TASK_NAMES, TASKS, TaskError, TaskParams
-from storage import decode_frame, decode_mask, encode_png, load_kernel
 from storage.errors import FrameError, StorageError
+from storage.images import decode_frame, decode_mask, encode_png
+from storage.sidecars import load_kernel
 
 DEFAULT_METHOD = "cvsa-prox"
 

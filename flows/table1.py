@@ -354,7 +354,7 @@ def run_table1(args: argparse.Namespace, tasks: list[str]) -> int:
 
     from flows.bench import COLUMNS, BenchError
     from flows.bench import METHOD_NAMES as BLIND_METHODS
-    from storage import open_store
+    from storage.stores import open_store
 
     started, cpu0 = time.perf_counter(), time.process_time()
     if args.threads:

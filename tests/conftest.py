@@ -72,7 +72,7 @@ def make_store(
     Local stores live in ``tmp_path/<name>``; S3 stores at ``s3://<fresh bucket>/<name>``
     (one bucket per test). ``s3_options`` (page_size, multipart_threshold...) apply to S3 only.
     """
-    from storage import open_store
+    from storage.stores import open_store
 
     def make(name: str = "root", *, read_only: bool = False, **s3_options: Any) -> Any:
         if store_backend == "local":

@@ -19,7 +19,7 @@ from flows.bench import (
     hand_occluder,
     main,
 )
-from storage import open_store
+from storage.stores import open_store
 
 FONTS = tuple(sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf")))
 TINY = BenchSpec(frames_per_suite=2, size=48, fonts=FONTS)

@@ -16,32 +16,21 @@ import pandas as pd
 import pytest
 
 from flows.pipeline import find_frames, plan_run
-from storage import (
-    FrameRef,
-    InvalidKeyError,
-    KernelFileError,
-    LedgerError,
-    S3Store,
-    discover,
-    encode_png,
-    kernel_png,
-    ledger_key,
+from storage.errors import InvalidKeyError, KernelFileError, LedgerError
+from storage.images import encode_png, kernel_png
+from storage.keys import ledger_key, output_keys, report_key
+from storage.ledger import output_metadata, read_ledger, record_done
+from storage.reports import (
     list_runs,
     load_frames_report,
-    load_kernel,
     load_summaries,
     new_run_id,
-    output_keys,
-    output_metadata,
-    read_ledger,
-    record_done,
-    report_key,
     run_started_at,
-    save_kernel,
     write_frames_report,
     write_summary,
 )
-from storage.sidecars import classify
+from storage.s3 import S3Store
+from storage.sidecars import FrameRef, classify, discover, load_kernel, save_kernel
 
 SOURCE_KEYS = [
     "lane3/cam1/f001.jpg",
@@ -112,7 +101,7 @@ def test_classify() -> None:
 
 
 def test_discover_streams_and_reports_invalid_keys(s3_bucket: str) -> None:
-    from storage import open_store
+    from storage.stores import open_store
 
     store = open_store(f"s3://{s3_bucket}/src", page_size=2)
     fill(store, [f"f{i:02d}.png" for i in range(10)])
@@ -331,7 +320,7 @@ def test_summaries_newest_first_skipping_bad_runs(make_store: Any) -> None:
 
 
 def test_s3_reports_are_plain_objects(s3_bucket: str) -> None:
-    from storage import open_store
+    from storage.stores import open_store
 
     dest = open_store(f"s3://{s3_bucket}/out")
     assert isinstance(dest, S3Store)
@@ -345,7 +334,7 @@ def test_s3_reports_are_plain_objects(s3_bucket: str) -> None:
 
 
 def test_load_frame_with_sidecars(make_store: Any) -> None:
-    from storage import ImageTooLargeError, MaskSizeMismatchError, TruthSizeMismatchError
+    from storage.errors import ImageTooLargeError, MaskSizeMismatchError, TruthSizeMismatchError
     from storage.frames import load_frame
 
     store = make_store("src")

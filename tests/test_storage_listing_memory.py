@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage import open_store
 from storage.bench_list import fill_local, measure_listing, moto_bucket
+from storage.stores import open_store
 
 
 def test_s3_listing_peak_does_not_grow_with_key_count() -> None:

@@ -15,21 +15,20 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from s3server import SECRET_KEY
 
-from storage import (
+from storage.base import ObjectStore, stores_overlap
+from storage.errors import (
     InvalidKeyError,
     InvalidMetadataError,
     InvalidURIError,
-    LocalStore,
     ObjectNotFoundError,
-    ObjectStore,
     ObjectTooLargeError,
     ReadOnlyStoreError,
-    S3Store,
     StoreAccessError,
-    open_store,
-    stores_overlap,
 )
 from storage.keys import MAX_KEY_BYTES, validate_key
+from storage.local import LocalStore
+from storage.s3 import S3Store
+from storage.stores import open_store
 
 MiB = 1 << 20
 MakeStore = Callable[..., Any]

@@ -14,7 +14,8 @@ from flows.bench import COLUMNS, main
 from flows.cli import main as cli_main
 from flows.table1 import METHOD_NAMES, parse_tasks
 from restoration.tasks import TASK_NAMES
-from storage import decode_frame, encode_png, save_kernel
+from storage.images import decode_frame, encode_png
+from storage.sidecars import save_kernel
 
 
 @pytest.fixture(autouse=True, scope="module")
