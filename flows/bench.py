@@ -56,6 +56,7 @@ import torch
 from scipy import ndimage
 
 from flows.config import RestorationSettings, load_config, model_noise_sigma
+from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from restoration import kernels as kern
 from restoration.classical import classical_blind, wiener_deconv
 from restoration.metrics import kernel_mse, kernel_ncc, psnr, psnr_masked, sharpness_gain, ssim
@@ -78,7 +79,6 @@ METHOD_NAMES: tuple[str, ...] = (
 )
 MANIFEST = "bench.json"
 BENCH_SEED_START = HELDOUT_SEED_START + 100_000
-DEFAULT_FONT_GLOB = "/usr/share/fonts/truetype/dejavu/*.ttf"
 #: Columns every results table has (plus psnr_in_mask / psnr_out_mask, NaN without a mask).
 COLUMNS: tuple[str, ...] = (
     "method", "frame", "suite", "psnr", "ssim", "psnr_in_mask", "psnr_out_mask", "kernel_mse",
@@ -667,9 +667,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def _spec_from_args(args: argparse.Namespace) -> BenchSpec:
-    import glob
 
-    fonts = tuple(sorted(glob.glob(os.path.expanduser(args.fonts))))
+    fonts = tuple(find_fonts(args.fonts))
     suites = tuple(s.strip() for s in args.suites.split(",") if s.strip())
     return BenchSpec(suites=suites, frames_per_suite=args.frames_per_suite, size=args.size,
                      fonts=fonts)

@@ -15,11 +15,11 @@ from pathlib import Path
 def write_inbox(inbox: Path, frames_per_suite: int, size: int) -> int:
     """Synthetic frames in the sidecar layout (benchmark generator, held-out seeds) + one corrupt file."""
     from flows.bench import BenchSpec, generate_set
-    from flows.sheets import find_fonts
+    from flows.fonts import SYSTEM_FONT_GLOBS, find_fonts
     from storage.stores import open_store
 
     store = open_store(inbox, create=True)
-    spec = BenchSpec(frames_per_suite=frames_per_suite, size=size, fonts=tuple(find_fonts()))
+    spec = BenchSpec(frames_per_suite=frames_per_suite, size=size, fonts=tuple(find_fonts(SYSTEM_FONT_GLOBS)))
     records = generate_set(store, spec, progress=False)
     if not store.exists("uploads/broken-upload.jpg"):
         # a camera upload cut off mid-transfer: quarantined with its reason, never a failed run

@@ -23,7 +23,6 @@ run in progress):
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import re
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from flows.fonts import find_fonts
 from restoration.cvsa import restore
 from restoration.kernels import from_prior, kernel_extent, mass_concentration, sample_kernels
 from restoration.metrics import psnr
@@ -43,7 +43,6 @@ from restoration.synthetic import HELDOUT_SEED_START, render_batch
 
 DENOISE_TS = (0.05, 0.1, 0.2, 0.4)
 SIGMA_GRID = (0.0, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.0, 16.0, 24.0, 32.0)
-FONT_GLOB = "/usr/share/fonts/truetype/dejavu/*.ttf"
 
 
 def get_prior(name: str, prior_dir: Path | None) -> Prior:
@@ -56,7 +55,7 @@ def get_prior(name: str, prior_dir: Path | None) -> Prior:
 
 def heldout_renders(n: int, size: int) -> torch.Tensor:
     """n held-out renders (seeds >= HELDOUT_SEED_START, never trained on), [-1, 1]."""
-    fonts = sorted(glob.glob(FONT_GLOB))
+    fonts = find_fonts()
     return render_batch(list(range(HELDOUT_SEED_START, HELDOUT_SEED_START + n)), size, fonts)
 
 
@@ -81,7 +80,7 @@ def native_crops(seeds: Sequence[int], crop: int, cache_dir: Path | None = None)
         path = cache_dir / f"native-crops-v{NATIVE_VERSION}-{seeds[0]}-{len(seeds)}-{crop}.npy"
         if path.exists():
             return torch.from_numpy(np.load(path)).float() / 127.5 - 1.0
-    fonts = sorted(glob.glob(FONT_GLOB))
+    fonts = find_fonts()
     out = []
     for s in seeds:
         img = render_native(int(s), None, fonts)
@@ -114,7 +113,7 @@ def wiener_spectrum(n: int, size: int, x: torch.Tensor | None = None
     """Per-channel mean and power spectrum (1, 3, size, size) of n training renders (or of
     the given training images x)."""
     if x is None:
-        fonts = sorted(glob.glob(FONT_GLOB))
+        fonts = find_fonts()
         x = render_batch(list(range(n)), size, fonts)
     x = x.double()
     mean = x.mean(dim=(0, 2, 3), keepdim=True)

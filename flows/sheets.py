@@ -1,14 +1,12 @@
 """Contact sheets of the synthetic training data: product renders and blur kernels.
 
-Writes docs/contact_sheet.png and docs/kernels_sheet.png (``python -m flows.sheets``). Font
-discovery lives here (restoration/ never touches the file system).
+Writes docs/contact_sheet.png and docs/kernels_sheet.png (``python -m flows.sheets``). Fonts: every
+system font (:data:`flows.fonts.SYSTEM_FONT_GLOBS`).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,21 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from flows.fonts import SYSTEM_FONT_GLOBS, find_fonts
 from restoration.kernels import KINDS, motion_kernel, sample_kernels
 from restoration.synthetic import HELDOUT_SEED_START, render_product
-
-FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts")
-
-
-def find_fonts(dirs: Sequence[str] = FONT_DIRS) -> list[str]:
-    """Sorted TrueType/OpenType font files under ``dirs`` (empty when none are installed;
-    the renderer then falls back to Pillow's built-in font). Debian: fonts-dejavu-core."""
-    found: set[str] = set()
-    for d in dirs:
-        root = os.path.expanduser(d)
-        for ext in ("ttf", "otf", "TTF", "OTF"):
-            found.update(glob.glob(os.path.join(root, "**", f"*.{ext}"), recursive=True))
-    return sorted(found)
 
 
 def grid(images: Sequence[np.ndarray], cols: int, pad: int = 2, fill: int = 255) -> Image.Image:
@@ -90,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("docs"))
     ap.add_argument("--size", type=int, default=128)
     args = ap.parse_args(argv)
-    fonts = find_fonts()
+    fonts = find_fonts(SYSTEM_FONT_GLOBS)
     print(f"{len(fonts)} fonts")
     print(contact_sheet(args.out / "contact_sheet.png", fonts, size=args.size))
     print(kernels_sheet(args.out / "kernels_sheet.png"))

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from flows.fonts import find_fonts
 from restoration.baselines import bicubic_upsample, hio_phase_retrieval, inpaint_classical
 from restoration.classical import wiener_deconv
 from restoration.cvsa import restore, restore_proximal
@@ -349,7 +350,6 @@ def parse_tasks(suites: str) -> list[str] | None:
 
 def run_table1(args: argparse.Namespace, tasks: list[str]) -> int:
     """`checkout-restore bench --suites table1 ...`: run, write results.parquet / results.md."""
-    import glob
     from pathlib import Path
 
     from flows.bench import COLUMNS, BenchError
@@ -373,7 +373,7 @@ def run_table1(args: argparse.Namespace, tasks: list[str]) -> int:
     if args.steps:
         settings = Table1Settings(**{**asdict(settings), **{k: args.steps for k in
                                      ("cvsa_steps", "dps_steps", "dmps_steps", "prox_steps")}})  # fmt: skip
-    fonts = tuple(sorted(glob.glob(os.path.expanduser(args.fonts))))
+    fonts = tuple(find_fonts(args.fonts))
     seeds = [TABLE1_SEED_START + i for i in range(n)]
     ctx = MethodContext(settings=settings, device=args.device)
     if "://" not in args.out:
@@ -440,9 +440,7 @@ TUNE_GRID: dict[str, tuple[tuple[str, Any], ...]] = {
 
 def tune(tasks: list[str], methods: list[str], renders: int, size: int, steps: int) -> pd.DataFrame:
     """Mean PSNR of each TUNE_GRID candidate on ``renders`` tuning renders (TUNE_SEED_START + i)."""
-    import glob
-
-    fonts = tuple(sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf")))
+    fonts = tuple(find_fonts())
     seeds = [TUNE_SEED_START + i for i in range(renders)]
     base = {**asdict(Table1Settings()), **{k: steps for k in
             ("cvsa_steps", "dps_steps", "dmps_steps", "prox_steps")}}  # fmt: skip

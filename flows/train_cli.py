@@ -16,7 +16,6 @@ overrides the config's step count (to extend a finished run, raise it and rerun)
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from restoration.cld import CLD
 from restoration.priors import export_prior
 from restoration.score_net import build_eps_net, param_count
@@ -47,7 +47,7 @@ from restoration.train import (
 )
 
 PRIORS = ("image", "kernel")
-DEFAULT_FONT_GLOBS = ("/usr/share/fonts/truetype/dejavu/*.ttf",)
+DEFAULT_FONT_GLOBS = (DEFAULT_FONT_GLOB,)
 
 
 class TrainCLIError(RuntimeError):
@@ -106,11 +106,11 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def find_fonts(globs: list[str] | tuple[str, ...]) -> list[str]:
-    """Font files matching the config's globs (sorted, so renders are reproducible)."""
-    fonts = sorted({f for g in globs for f in glob.glob(os.path.expanduser(g))})
+def training_fonts(globs: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Font files matching the config's globs (:func:`flows.fonts.find_fonts`); none is an error."""
+    fonts = find_fonts(globs)
     if not fonts:
-        raise TrainCLIError(f"no fonts match {list(globs)}; set data.fonts in the config")
+        raise TrainCLIError(f"no fonts match {globs!r}; set data.fonts in the config")
     return fonts
 
 
@@ -128,7 +128,7 @@ def image_bank(data: dict[str, Any], cache_dir: Path, progress: bool = True) -> 
         raise TrainCLIError(
             f"train seeds [{seed0}, {seed0 + n}) leave [0, {synthetic.TRAIN_SEEDS_END})"
         )
-    fonts = find_fonts(data.get("fonts", DEFAULT_FONT_GLOBS))
+    fonts = training_fonts(data.get("fonts", DEFAULT_FONT_GLOBS))
     spec = {"n": n, "size": size, "seed": seed0, "fonts": [Path(f).name for f in fonts]}
     path = _cache_path(cache_dir, "image", spec)
     if path.exists():
@@ -185,7 +185,7 @@ def image_sources(data: dict[str, Any], cache_dir: Path, progress: bool = True
     """The images of `data.sources` and per-image sampling weights (each source's `weight`
     split evenly over its images). Kinds: `scene` (render_canvas at render_size, as
     `image_bank`) and `native` (`native_bank`)."""
-    fonts = find_fonts(data.get("fonts", DEFAULT_FONT_GLOBS))
+    fonts = training_fonts(data.get("fonts", DEFAULT_FONT_GLOBS))
     images: list[torch.Tensor] = []
     weights: list[float] = []
     for src in data["sources"]:

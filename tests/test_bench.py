@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import math
 from pathlib import Path
 
@@ -19,9 +18,10 @@ from flows.bench import (
     hand_occluder,
     main,
 )
+from flows.fonts import find_fonts
 from storage.stores import open_store
 
-FONTS = tuple(sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf")))
+FONTS = tuple(find_fonts())
 TINY = BenchSpec(frames_per_suite=2, size=48, fonts=FONTS)
 
 

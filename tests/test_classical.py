@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 from functools import cache
 
 import pytest
 import torch
 
+from flows.fonts import find_fonts
 from restoration.classical import (
     BlindConfig,
     ClassicalInputError,
@@ -37,7 +37,7 @@ def _one_thread():
 @cache
 def _frames(n: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, sharp, kernels): renders blurred by valid convolution of a larger canvas + noise."""
-    fonts = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))
+    fonts = find_fonts()
     g = torch.Generator().manual_seed(1234)
     ks = sample_kernels(n, K, g, ("motion",))
     ys, xs = [], []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.sheets import find_fonts
+from flows.fonts import SYSTEM_FONT_GLOBS, find_fonts
 from restoration.synthetic import HELDOUT_SEED_START, RenderError, ean13
 from restoration.synthetic.elements import ean_code
 from restoration.synthetic.native import (
@@ -26,7 +26,7 @@ from restoration.synthetic.native import (
 )
 from restoration.synthetic.render import SUPERSAMPLE
 
-FONTS = find_fonts()
+FONTS = find_fonts(SYSTEM_FONT_GLOBS)
 
 
 def test_same_seed_same_frame_and_seeds_differ() -> None:

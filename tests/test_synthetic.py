@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from flows.sheets import find_fonts
+from flows.fonts import SYSTEM_FONT_GLOBS, find_fonts
 from restoration.synthetic import (
     HELDOUT_SEED_START,
     TRAIN_SEEDS_END,
@@ -24,7 +24,7 @@ from restoration.synthetic import (
 )
 from restoration.synthetic.elements import draw_barcode, ean_code
 
-FONTS = find_fonts()
+FONTS = find_fonts(SYSTEM_FONT_GLOBS)
 
 
 def test_shape_dtype_and_determinism() -> None:
