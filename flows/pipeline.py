@@ -305,7 +305,7 @@ def _columns(rows: Sequence[dict]) -> list[str]:
 
 def _write_html(dest: ObjectStore, run_id: str, summary: dict[str, Any], rows: list[dict],
                 source: ObjectStore | None, settings: ReportSettings) -> str:
-    from storage.report_html import store_images, write_reports
+    from flows.reports.html import store_images, write_reports
 
     images = store_images(source, dest) if source is not None else (lambda role, key: None)
     return write_reports(dest, run_id, summary, rows, images, max_frames=settings.max_frames,

@@ -32,8 +32,8 @@ from flows.dashboard import (
     start_dashboard,
     take_screenshot,
 )
+from flows.reports.html import KERNEL_MSE_DEFINITION, store_images, write_reports
 from storage.base import ObjectStore
-from storage.report_html import KERNEL_MSE_DEFINITION, store_images, write_reports
 from storage.reports import write_frames_report, write_summary
 from storage.stores import open_store
 

@@ -26,13 +26,13 @@ from pipeline_frames import make_frame, npy_bytes, write_frames
 from flows.actors import RestoreWorker, RunContext, frame_failure_row, truth_metrics
 from flows.config import load_config
 from flows.pipeline import find_frames, plan_run
+from flows.reports.html import make_thumbnail
 from storage import errors
 from storage.errors import InvalidKeyError, StorageError, StoreAccessError
 from storage.frames import DEFAULT_MAX_BYTES
 from storage.images import encode_png
 from storage.lease import LEASE_KEY, LeaseHeldError, acquire, process_identity
 from storage.ledger import current_etags, read_ledger, record_done, record_quarantined
-from storage.report_html import make_thumbnail
 from storage.reports import csv_cell, load_frames_report, new_run_id, write_frames_report
 from storage.sidecars import discover
 from storage.stores import open_store

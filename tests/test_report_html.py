@@ -18,8 +18,7 @@ import pytest
 from PIL import Image
 
 from flows.dashboard import ReportsServer, add_dashboard_parser, content_type, key_for_path, start_dashboard
-from storage.errors import InvalidKeyError, ObjectNotFoundError
-from storage.report_html import (
+from flows.reports.html import (
     KERNEL_MSE_DEFINITION,
     NO_REFERENCE_NOTE,
     THUMB_SIZE,
@@ -29,6 +28,7 @@ from storage.report_html import (
     store_images,
     write_reports,
 )
+from storage.errors import InvalidKeyError, ObjectNotFoundError
 from storage.stores import open_store
 
 RUN_A = "20260101T120000Z-aaaaaa"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from test_report_html import _Images, _mixed_rows, _Page, _row, _summary
 
-from storage.report_html import (
+from flows.reports.html import (
     frame_page_name,
     full_size_href,
     render_index,
@@ -110,7 +110,7 @@ def test_index_pages_and_trends_skip_skip_only_runs() -> None:
 
     with Image.open(io.BytesIO(files["trend_restored.png"])) as im:
         assert im.size[0] > 0
-    from storage import report_html
+    from flows.reports import html as report_html
 
     captured: list[list[float]] = []
     original = report_html._trend
