@@ -56,7 +56,7 @@ STALE_UNOWNED_S = 600  # a temp folder without an owner file and no process usin
 REPORT_COLUMNS = (
     "key", "id", "status", "reason", "detail", "psnr", "ssim", "kernel_mse", "kernel_ncc", "residual",
     "sharpness_gain", "kernel_extent", "nfe", "seconds", "width", "height", "restored_key", "kernel_key",
-    "kernel_png_key", "psnr_in", "ssim_in",
+    "kernel_png_key", "psnr_in", "ssim_in", "noise_sigma", "codes_in", "codes_out", "codes_agree",
 )
 NAN = float("nan")
 
@@ -253,6 +253,7 @@ class RestoreWorker:
             notes.append(f"truth metrics skipped ({type(exc).__name__}: {exc})")
         return report_row(
             ref, "restored", detail="; ".join(notes), residual=float(out.residual),
+            noise_sigma=float(getattr(out, "noise_sigma", NAN)), **code_counts(item.image, out.restored),
             sharpness_gain=float(out.sharpness_gain), kernel_extent=float(out.kernel_extent),
             nfe=int(out.nfe), seconds=float(out.seconds), width=w, height=h,
             restored_key=rkey, kernel_key=kkey, kernel_png_key=kpng, **truth,
@@ -285,6 +286,16 @@ def _odd_square(kernel: np.ndarray) -> np.ndarray:
     top, left = (side - kernel.shape[0]) // 2, (side - kernel.shape[1]) // 2
     out[top:top + kernel.shape[0], left:left + kernel.shape[1]] = kernel
     return out
+
+
+def code_counts(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+    """codes_in / codes_out: texts zxing-cpp reads in the input / restored frame; codes_agree: 1.0
+    when every code read in the input is read with the same text in the output, else 0.0."""
+    from restoration.codes import codes_agree, decode_codes
+
+    codes_in, codes_out = decode_codes(before), decode_codes(after)
+    return {"codes_in": len(codes_in), "codes_out": len(codes_out),
+            "codes_agree": float(codes_agree(codes_in, codes_out))}
 
 
 def truth_metrics(restored: np.ndarray, kernel: np.ndarray, sharp: np.ndarray | None,

@@ -55,10 +55,12 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
+from flows.bench_native import ALIASES, CODES_SUFFIX, native_files
 from flows.config import RestorationSettings, load_config, model_noise_sigma
 from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from restoration import kernels as kern
 from restoration.classical import classical_blind, wiener_deconv
+from restoration.codes import decode_codes
 from restoration.metrics import kernel_mse, kernel_ncc, psnr, psnr_masked, sharpness_gain, ssim
 from restoration.operators import blur
 from restoration.rng import generator_for
@@ -83,7 +85,7 @@ BENCH_SEED_START = HELDOUT_SEED_START + 100_000
 COLUMNS: tuple[str, ...] = (
     "method", "frame", "suite", "psnr", "ssim", "psnr_in_mask", "psnr_out_mask", "kernel_mse",
     "kernel_ncc", "seconds", "nfe", "sharpness_gain", "kernel_size_true", "kernel_size_est",
-    "note",
+    "note", "codes_true", "codes_decoded", "codes_sharp", "codes_read",
 )  # fmt: skip
 
 _SUITE_KINDS = {"motion": ("motion",), "gaussian": ("gaussian",), "motion+occlusion": ("motion",)}
@@ -112,9 +114,9 @@ class BenchSpec:
     fonts: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        bad = [s for s in self.suites if s not in SUITES]
+        bad = [s for s in self.suites if s not in SUITE_FRAMES]
         if bad or not self.suites:
-            raise BenchError(f"unknown suites {bad}; choose from {list(SUITES)}")
+            raise BenchError(f"unknown suites {bad}; choose from {[*SUITE_FRAMES, *ALIASES]}")
         if self.frames_per_suite < 1 or self.size < 16:
             raise BenchError("need frames_per_suite >= 1 and size >= 16")
         if any(k % 2 == 0 or k < 7 for k in self.kernel_sizes):
@@ -248,6 +250,25 @@ def _frame_arrays(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, by
     return files, _Generated(f"{fid}.png", suite, seed, ksize, coverage)
 
 
+def _classic_files(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, bytes], dict[str, Any]]:
+    files, rec = _frame_arrays(spec, suite, index)
+    return files, asdict(rec)
+
+
+def _native_files(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, bytes], dict[str, Any]]:
+    return native_files(spec.seed_start, spec.fonts, suite, index)
+
+
+#: suite name -> frame generator (spec, suite, index) -> (files, manifest record). The whole list.
+SUITE_FRAMES: dict[str, Callable[[BenchSpec, str, int], tuple[dict[str, bytes], dict[str, Any]]]] = {
+    "motion": _classic_files,
+    "gaussian": _classic_files,
+    "motion+occlusion": _classic_files,
+    "native-motion": _native_files,
+    "native-gaussian": _native_files,
+}
+
+
 def generate_set(
     store: ObjectStore, spec: BenchSpec, progress: bool = True
 ) -> list[dict[str, Any]]:
@@ -270,10 +291,10 @@ def generate_set(
     jobs = [(s, i) for s in spec.suites for i in range(spec.frames_per_suite)]
     records = []
     for suite, i in tqdm(jobs, desc="generate bench set", disable=not progress):
-        files, rec = _frame_arrays(spec, suite, i)
+        files, rec = SUITE_FRAMES[suite](spec, suite, i)
         for key, data in files.items():
             store.put(key, data)
-        records.append(asdict(rec))
+        records.append(rec)
     manifest = {"spec": want, "frames": records}
     store.put(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return records
@@ -293,6 +314,8 @@ class BenchFrame:
     mask: torch.Tensor | None  # (1, 1, H, W) 1 = observed
     sharp: torch.Tensor | None  # (1, 3, H, W) on [0, 1]
     kernel: torch.Tensor | None  # (1, 1, K, K) float32, sums to 1
+    codes: tuple[str, ...] | None = None  # true code texts (<id>.codes.json), None: not a code frame
+    codes_sharp: tuple[str, ...] = ()  # those of them zxing-cpp reads in the sharp truth
 
 
 @dataclass(frozen=True, eq=False)
@@ -312,10 +335,15 @@ class BenchContext:
     device: str = "cpu"
     _priors: tuple[Any, Any] | None = field(default=None, repr=False)
 
-    @property
-    def sigma(self) -> float:
-        """Noise std on the [-1, 1] scale (the settings give it on [0, 1])."""
-        return model_noise_sigma(self.settings.noise_sigma)
+    def sigma(self, frames: list[BenchFrame]) -> torch.Tensor:
+        """Noise std per frame on the [-1, 1] scale (B,): the setting (given on [0, 1]), or each
+        frame's own estimate when it is 'auto' -- the same rule as the pipeline's restorer."""
+        from flows.restorer import QUANTISATION_SIGMA
+        from restoration.noise import estimate_noise_sigma
+
+        if self.settings.noise_sigma == "auto":
+            return estimate_noise_sigma(_cat(frames, "y") * 2 - 1, _masks(frames), QUANTISATION_SIGMA)
+        return torch.full((len(frames),), model_noise_sigma(self.settings.noise_sigma), dtype=torch.float64)
 
     def priors(self) -> tuple[Any, Any]:
         if self._priors is None:
@@ -340,6 +368,12 @@ def _masks(frames: list[BenchFrame]) -> torch.Tensor | None:
     return torch.cat([torch.ones_like(f.y[:, :1]) if f.mask is None else f.mask for f in frames])
 
 
+def _one(sigma: torch.Tensor) -> float:
+    if sigma.numel() != 1:
+        raise BenchError("this method runs one frame at a time (one noise level)")
+    return float(sigma[0])
+
+
 def _true_kernel(frames: list[BenchFrame], method: str) -> torch.Tensor:
     if len(frames) != 1:
         raise BenchError(f"{method} runs one frame at a time (kernel sizes differ)")
@@ -356,14 +390,14 @@ def method_blurred(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutput:
 def method_classical_blind(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutput:
     """Pan et al. 2014 L0 blind deconvolution with the setting's kernel size (no learned prior)."""
     y = _cat(frames, "y") * 2 - 1
-    x, k = classical_blind(y, _masks(frames), ctx.settings.kernel_size, ctx.sigma)
+    x, k = classical_blind(y, _masks(frames), ctx.settings.kernel_size, _one(ctx.sigma(frames)))
     return MethodOutput(x=(x + 1) / 2, kernel=k, nfe=0)
 
 
 def method_oracle_wiener(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutput:
     """Wiener deconvolution with the TRUE kernel (a reference, not a rival)."""
     k = _true_kernel(frames, "oracle-wiener")
-    x = wiener_deconv(_cat(frames, "y") * 2 - 1, k, _masks(frames), ctx.sigma)
+    x = wiener_deconv(_cat(frames, "y") * 2 - 1, k, _masks(frames), _one(ctx.sigma(frames)))
     return MethodOutput(x=(x + 1) / 2, kernel=None, nfe=0)
 
 
@@ -371,6 +405,7 @@ def method_oracle_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOut
     """Non-blind (proximal) CVSA with the TRUE kernel and the shipped image prior."""
     from flows.restorer import autocast_score
     from restoration.cvsa import restore_blind
+    from restoration.tiling import tiled_score
 
     k = _true_kernel(frames, "oracle-cvsa")
     image_prior, kernel_prior = ctx.priors()
@@ -378,9 +413,11 @@ def method_oracle_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOut
     y = _cat(frames, "y") * 2 - 1
     with torch.no_grad():
         result = restore_blind(
-            y, _masks(frames), autocast_score(image_prior, s.bf16), autocast_score(kernel_prior, s.bf16),
+            y, _masks(frames),
+            tiled_score(autocast_score(image_prior, s.bf16), s.tile_size, s.tile_overlap, s.tile_batch),
+            autocast_score(kernel_prior, s.bf16),
             image_cld=image_prior.cld, kernel_cld=kernel_prior.cld, kernel_size=k.shape[-1],
-            steps=s.steps, noise_sigma=ctx.sigma,
+            steps=s.steps, noise_sigma=ctx.sigma(frames),
             generator=[generator_for(f"bench/{f.id}") for f in frames],
             method="proximal", known_kernel=k, image_guidance=s.image_guidance,
             prox_strength=s.prox_strength, renoise=s.renoise,
@@ -445,6 +482,8 @@ def load_frames(store: ObjectStore, limit: int | None = None) -> list[BenchFrame
     frames = []
     for ref in refs:
         data = load_frame(store, ref)
+        codes = _true_codes(store, ref.id)
+        codes_sharp = () if codes is None or data.sharp is None else _read(data.sharp, codes)
         frames.append(
             BenchFrame(
                 id=ref.id,
@@ -458,9 +497,28 @@ def load_frames(store: ObjectStore, limit: int | None = None) -> list[BenchFrame
                 kernel=None
                 if data.kernel is None
                 else torch.from_numpy(np.asarray(data.kernel, np.float32))[None, None],
+                codes=codes,
+                codes_sharp=codes_sharp,
             )
         )
     return frames
+
+
+def _true_codes(store: ObjectStore, frame_id: str) -> tuple[str, ...] | None:
+    key = f"{frame_id}{CODES_SUFFIX}"
+    if not store.exists(key):
+        return None
+    try:
+        codes = json.loads(store.get(key))["codes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{key} is not a codes sidecar ({{'codes': [texts]}}): {exc}") from exc
+    return tuple(str(c) for c in codes)
+
+
+def _read(image: np.ndarray, truth: tuple[str, ...]) -> tuple[str, ...]:
+    """The true code texts zxing-cpp reads back from an 8-bit frame (a wrong text does not count)."""
+    found = set(decode_codes(image))
+    return tuple(c for c in truth if c in found)
 
 
 def _quantise(x: torch.Tensor) -> torch.Tensor:
@@ -522,8 +580,19 @@ def run_method(
             kernel_size_est=_nan() if out.kernel is None else out.kernel.shape[-1],
             note="",
         )
+        row.update(_code_columns(frame, x))
         rows.append(row)
     return rows
+
+
+def _code_columns(frame: BenchFrame, x: torch.Tensor) -> dict[str, Any]:
+    """codes_true / codes_decoded / codes_sharp counts and the texts read ("" / NaN without codes)."""
+    if frame.codes is None:
+        return {"codes_true": _nan(), "codes_decoded": _nan(), "codes_sharp": _nan(), "codes_read": ""}
+    img = (x[0] if x.dim() == 4 else x).mul(255).round().byte().permute(1, 2, 0).numpy()
+    read = _read(img, frame.codes)
+    return {"codes_true": float(len(frame.codes)), "codes_decoded": float(len(read)),
+            "codes_sharp": float(len(frame.codes_sharp)), "codes_read": ";".join(read)}
 
 
 def _candidate_kernels(size: int) -> list[tuple[str, torch.Tensor]]:
@@ -582,7 +651,30 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     notes = df[df["method"] == "fixed-kernel"].groupby("suite")["note"].first()
     table["note"] = [notes.get(s, "") if m == "fixed-kernel" else "" for s, m in
                      zip(table["suite"], table["method"], strict=True)]
-    return table
+    return table.merge(code_table(df), on=["suite", "method"], how="left")
+
+
+def code_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (suite, method) over frames with true codes: codes_true, codes_decoded, codes_sharp (sums)
+    and codes_lost, the frames where a code the blurred input reads is not read in the output."""
+    cols = ["suite", "method", "codes_true", "codes_decoded", "codes_sharp", "codes_lost"]
+    if "codes_true" not in df.columns:
+        return pd.DataFrame(columns=cols)
+    coded = df[df["codes_true"].notna()]
+    if coded.empty:
+        return pd.DataFrame(columns=cols)
+    blurred = coded[coded["method"] == "blurred"].set_index("frame")["codes_read"]
+
+    def lost(r: pd.Series) -> float:
+        if r["frame"] not in blurred.index:
+            return float("nan")
+        before = {c for c in str(blurred[r["frame"]]).split(";") if c}
+        after = {c for c in str(r["codes_read"]).split(";") if c}
+        return float(bool(before - after))
+
+    coded = coded.assign(codes_lost=coded.apply(lost, axis=1))
+    sums = coded.groupby(["suite", "method"], sort=False)[cols[2:]].sum(min_count=1)
+    return sums.reset_index()
 
 
 def _fmt(v: Any, digits: int) -> str:
@@ -599,17 +691,26 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         header,
         "",
         "| suite | method | frames | PSNR | SSIM | PSNR in mask | PSNR out mask "
-        "| kernel-MSE ×1e4 | kernel NCC | s/frame | NFE | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| kernel-MSE ×1e4 | kernel NCC | s/frame | NFE | codes read | sharp reads | codes lost | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in table.itertuples(index=False):
         cells = [
             r.suite, r.method, str(r.frames), _fmt(r.psnr, 2), _fmt(r.ssim, 3),
             _fmt(r.psnr_in_mask, 2), _fmt(r.psnr_out_mask, 2), _fmt(r.kernel_mse * 1e4, 3),
-            _fmt(r.kernel_ncc, 3), _fmt(r.seconds, 2), _fmt(float(r.nfe), 0), r.note,
+            _fmt(r.kernel_ncc, 3), _fmt(r.seconds, 2), _fmt(float(r.nfe), 0),
+            _rate(r.codes_decoded, r.codes_true), _rate(r.codes_sharp, r.codes_true),
+            _fmt(r.codes_lost, 0), r.note,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rate(n: Any, total: Any) -> str:
+    """'read/true (percent)' or '–' where the suite has no codes."""
+    if not isinstance(total, int | float) or math.isnan(total) or total <= 0:
+        return "–"
+    return f"{int(n)}/{int(total)} ({100 * n / total:.0f} %)"
 
 
 def _header(args: argparse.Namespace, data_uri: str, n: int, wall: float) -> str:
@@ -629,6 +730,9 @@ def _header(args: argparse.Namespace, data_uri: str, n: int, wall: float) -> str
         " over the same shifts. fixed-kernel: the single Gaussian σ or disc radius with the"
         " lowest mean kernel-MSE on the suite, chosen with hindsight.",
         "- oracle-* methods use the TRUE kernel (references, not rivals).",
+        "- codes read: true code texts zxing-cpp reads back / codes on the frames (suites with"
+        " `<id>.codes.json`); sharp reads: the same on the sharp truth; codes lost: frames where a"
+        " code read in the blurred input is not read in the output.",
     ])  # fmt: skip
 
 
@@ -669,7 +773,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def _spec_from_args(args: argparse.Namespace) -> BenchSpec:
 
     fonts = tuple(find_fonts(args.fonts))
-    suites = tuple(s.strip() for s in args.suites.split(",") if s.strip())
+    names = (s.strip() for s in args.suites.split(",") if s.strip())
+    suites = tuple(dict.fromkeys(x for n in names for x in ALIASES.get(n, (n,))))
     return BenchSpec(suites=suites, frames_per_suite=args.frames_per_suite, size=args.size,
                      fonts=fonts)
 

@@ -52,12 +52,17 @@ class RestorationSettings(Frozen):
     # per-sample restoration: batch mates never change a frame's pixels
     PIXEL_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
-    working_size: int = Field(128, ge=16, description="longest side restored; frames are resized to it")
-    kernel_size: int = Field(31, ge=3, description="odd side of the estimated blur kernel, px")
+    working_size: int = Field(256, ge=16, description="side of the native-pixel region the kernel is "
+                              "estimated on; frames are always restored at their own size")
+    kernel_size: int = Field(41, ge=3, le=63, description="odd side of the estimated blur kernel, native px")
     steps: int = Field(30, ge=1, description="reverse-diffusion steps of the sampler")
-    noise_sigma: float = Field(0.02, gt=0, le=0.5,
-                               description="assumed noise std of the input on the [0, 1] intensity scale "
-                               "(the samplers get model_noise_sigma(): the [-1, 1] scale)")
+    noise_sigma: float | Literal["auto"] = Field(
+        "auto", description="noise std of the input on the [0, 1] intensity scale; 'auto' estimates it per "
+        "frame (median absolute deviation of the finest diagonal wavelet band, restoration/noise.py); "
+        "the samplers get model_noise_sigma(): the [-1, 1] scale")
+    tile_size: int = Field(256, ge=16, description="the image score network runs on tiles of this side, px")
+    tile_overlap: int = Field(32, ge=0, description="overlap of neighbouring score tiles, px (blended)")
+    tile_batch: int = Field(4, ge=1, description="score tiles per network call (bounds memory)")
     method: Method = Field("proximal", description="blind sampler variant")
     image_guidance: float = Field(1.0, ge=0, description="proximal: share of the data-consistent image step")
     kernel_guidance: float = Field(0.5, ge=0, description="proximal: blend of the kernel update into k0_hat")
@@ -75,11 +80,20 @@ class RestorationSettings(Frozen):
             raise ValueError(f"must be odd (the kernel has a centre pixel), got {v}")
         return v
 
+    @field_validator("noise_sigma")
+    @classmethod
+    def _sigma(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and not 0 < v <= 0.5:
+            raise ValueError(f"must be 'auto' or a number in (0, 0.5], got {v}")
+        return v
+
     @model_validator(mode="after")
     def _compatible(self) -> RestorationSettings:
         if self.kernel_size >= self.working_size:
             raise ValueError(f"kernel_size {self.kernel_size} must be smaller than working_size "
-                             f"{self.working_size}")
+                             f"{self.working_size} (the region the kernel is estimated on)")
+        if self.tile_size <= 2 * self.tile_overlap:
+            raise ValueError(f"tile_size {self.tile_size} must exceed twice tile_overlap {self.tile_overlap}")
         return self
 
     def pixel_settings(self) -> dict[str, Any]:

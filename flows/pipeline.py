@@ -262,7 +262,18 @@ def summarize(rows: Sequence[dict], **fields: Any) -> dict[str, Any]:
             skips[r["reason"]] = skips.get(r["reason"], 0) + 1
     processed = counts["restored"] + counts["quarantined"]
     return {**fields, "counts": counts, "means": means, "quarantine_reasons": reasons, "skip_reasons": skips,
-            "quarantine_rate": counts["quarantined"] / processed if processed else None}
+            "quarantine_rate": counts["quarantined"] / processed if processed else None,
+            "codes": codes_readable(rows)}
+
+
+def codes_readable(rows: Sequence[dict]) -> dict[str, int]:
+    """Codes readable over the run's restored frames: before (input) and after (restored) restoration,
+    and the frames where a code read in the input was lost or changed."""
+    done = [r for r in rows if r["status"] == "restored" and _finite(r.get("codes_in"))]
+    return {"frames": len(done),
+            "before": int(sum(r["codes_in"] for r in done)),
+            "after": int(sum(r["codes_out"] for r in done if _finite(r.get("codes_out")))),
+            "frames_lost": int(sum(r.get("codes_agree") == 0.0 for r in done))}
 
 
 def _finite(value: Any) -> bool:
@@ -407,6 +418,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"Mean residual {fmt(m['residual'], '.3f')} (no-reference proxy; ~1 fits to the noise), "
         f"sharpness gain {fmt(m['sharpness_gain'], '.2f')}; with truth: PSNR {fmt(m['psnr'], '.2f')} dB, "
         f"SSIM {fmt(m['ssim'], '.3f')}, kernel-MSE {fmt(m['kernel_mse'], '.2e')}.",
+        codes_line(summary),
         f"Throughput {fmt(summary['frames_per_s'], '.2f')} frames/s on {summary['actors']} actors "
         f"({summary['resubmitted_batches']} batches resubmitted after actor crashes).",
     ]
@@ -415,6 +427,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Quarantined: " + ", ".join(f"{k} × {v}" for k, v in reasons)]
     lines += ["", f"Report: {summary['report_uri']}"]
     return "\n".join(lines)
+
+
+def codes_line(summary: dict[str, Any]) -> str:
+    """'Codes readable: before N, after M' (zxing-cpp read-out of the input and restored frames)."""
+    c = summary.get("codes") or {}
+    if not c.get("frames"):
+        return "Codes readable: no restored frame in this run."
+    lost = f", lost on {c['frames_lost']} frame(s)" if c.get("frames_lost") else ""
+    return f"Codes readable: before {c['before']}, after {c['after']} ({c['frames']} frames{lost})."
 
 
 def expected_model_version(config: PipelineConfig, restorer_factory: RestorerFactory | None) -> str:

@@ -74,11 +74,16 @@ def add_pipeline_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench-pipeline", help="frames/s of the Ray fan-out for 1 and 2 actors")
     p.add_argument("--frames", type=int, default=16, help="synthetic frames to restore per actor count")
     p.add_argument("--size", type=int, default=64, help="side of the square synthetic frames")
-    p.add_argument("--working-size", type=int, default=64, help="restoration working size")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps")
+    p.add_argument("--working-size", type=int, default=64, help="kernel-estimation region")
+    p.add_argument("--steps", type=int, help="sampler steps (default: 20; with --sizes: the config's)")
     p.add_argument("--batch-size", type=int, default=4, help="frames per vectorised batch")
     p.add_argument("--actors", default="1,2", help="comma-separated actor counts to measure")
-    p.add_argument("--config", default="smoke", help="base config (the options above override it)")
+    p.add_argument("--config", help="base config (the options above override it); default: smoke, "
+                   "or default with --sizes")
+    p.add_argument("--sizes", help="WxH list, e.g. 320x320,640x480,1920x1080: s/frame and peak RSS of one "
+                   "frame per size restored at native resolution (FrameRestorer, fresh process per size)")
+    p.add_argument("--device", default="cpu", help="with --sizes: torch device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=2, help="with --sizes: torch threads")
     p.set_defaults(func=cmd_bench_pipeline)
 
 
@@ -116,6 +121,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"frames:      {c['restored']} restored, {c['skipped']} skipped, {c['quarantined']} quarantined"
           + (f", {summary['deferred']} left for a later run (--limit)" if summary["deferred"] else "")
           + (f" ({n} unsupported files)" if (n := skips.get("unsupported_format")) else ""))
+    codes = summary.get("codes") or {}
+    if codes.get("frames"):
+        print(f"codes:       readable before {codes['before']}, after {codes['after']}"
+              + (f" (lost on {codes['frames_lost']} frames)" if codes.get("frames_lost") else ""))
     print(f"report:      {summary['report_uri']}", flush=True)
     if summary.get("status") == "failed_quality":
         rate = summary["quarantine_rate"]
@@ -289,6 +298,19 @@ def bench_pipeline(frames: int, size: int, working_size: int, steps: int, batch_
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    if args.sizes:
+        from flows.bench_sizes import SizeBenchError, bench_sizes, parse_sizes, table
+
+        try:
+            sizes = parse_sizes(args.sizes)
+        except SizeBenchError as exc:
+            raise SystemExit(f"bench-pipeline: {exc}") from exc
+        config = args.config or "default"
+        rows = bench_sizes(sizes, config, args.threads, args.device, args.steps)
+        print(table(rows, config))
+        return 0
+    args.config = args.config or "smoke"
+    args.steps = args.steps or 20
     counts = [int(a) for a in args.actors.split(",") if a.strip()]
     if not counts or min(counts) < 1:
         raise SystemExit("--actors needs positive integers, e.g. 1,2")

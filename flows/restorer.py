@@ -1,10 +1,19 @@
 """Frames in, restored frames out: the unit of work a Ray actor runs (one vectorised batch).
 
-Frames of any size and aspect come back at their input size. A frame whose longest side exceeds
-`working_size` is area-downscaled to it for restoration (blur and noise shrink with it) and the
-result is resized back (bicubic); smaller frames are restored at native size. Frames that share a
-working shape are restored as one vectorised batch (one seeded generator per frame), so a frame's
-result does not depend on its batch mates.
+Frames of any size and aspect are restored at their own resolution: the output keeps the input's
+pixels and detail (nothing is downscaled and scaled back). Per frame:
+
+1. noise level: `noise_sigma: auto` estimates it from the frame (restoration/noise.py), a number
+   overrides it;
+2. kernel: estimated at native pixel scale (`kernel_size` native px) on the `working_size` square
+   region of the frame with the most observed gradient energy (a blur that is uniform over the
+   frame is identified by any textured part of it; the cost stays bounded for large frames);
+3. image: blind CVSA over the whole canvas (FFT data consistency, valid convolution), the image
+   score network run over overlapping tiles (restoration/tiling.py) so memory is bounded by
+   the tile size, not the frame.
+
+Frames that share a shape are restored as one vectorised batch (one seeded generator per frame),
+so a frame's result does not depend on its batch mates.
 """
 
 from __future__ import annotations
@@ -16,7 +25,6 @@ from typing import get_args
 
 import numpy as np
 import torch
-from PIL import Image
 
 from flows.config import KernelInit, RestorationSettings, model_noise_sigma
 from flows.device import to_device, use_bf16
@@ -24,8 +32,10 @@ from restoration.classical import blind_kernel
 from restoration.cvsa import restore_blind
 from restoration.kernels import kernel_extent
 from restoration.metrics import sharpness_gain
+from restoration.noise import estimate_noise_sigma
 from restoration.priors import Prior, load_shipped
 from restoration.rng import generator_for
+from restoration.tiling import tiled_score
 
 # 'prior': kernel prior + least-squares updates only; 'classical': kernel process anchored on the
 # classical L0 estimate; 'classical-fixed': that estimate is the kernel (image sampled with CVSA).
@@ -43,14 +53,18 @@ class FrameInput:
 @dataclass(frozen=True)
 class FrameOutput:
     key: str
-    restored: np.ndarray  # (H, W, 3) uint8, same size as the input
-    kernel: np.ndarray  # (K, K) float32, sums to 1, at working scale
+    restored: np.ndarray  # (H, W, 3) uint8, same size and resolution as the input
+    kernel: np.ndarray  # (K, K) float32, sums to 1, native pixels
     residual: float  # RMS data-fit residual / noise sigma on observed pixels (~1 = fits to the noise)
     sharpness_gain: float
     kernel_extent: float
     nfe: int
     seconds: float
-    scale: float  # working-size / input-size factor (1.0 when restored at native size)
+    noise_sigma: float  # noise std used, on the [0, 1] scale (estimated when the setting is 'auto')
+
+
+#: 8-bit quantisation noise on the [-1, 1] scale (2/255/sqrt(12)): no frame is cleaner than this.
+QUANTISATION_SIGMA = 2.0 / 255.0 / 12**0.5
 
 
 def autocast_score(
@@ -67,17 +81,6 @@ def autocast_score(
     return score
 
 
-def _working_shape(h: int, w: int, working_size: int) -> tuple[int, int, float]:
-    scale = min(1.0, working_size / max(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale)), scale
-
-
-def _resize(a: np.ndarray, hw: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
-    if a.shape[:2] == hw:
-        return a
-    return np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), resample))
-
-
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
     # copy: arrays from PIL are read-only
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1.0
@@ -85,6 +88,33 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def kernel_region(y: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[slice, slice]:
+    """The `size` x `size` window (clipped to the frame) of one frame y (C, H, W) with the largest
+    gradient energy on observed pixels, mask (1, H, W): where edges pin the kernel down. Windows
+    are scored on a grid of stride size/8 (integral image); ties go to the first (top-left)."""
+    _, h, w = y.shape
+    wh, ww = min(size, h), min(size, w)
+    if (wh, ww) == (h, w):
+        return slice(0, h), slice(0, w)
+    gray = y.double().mean(dim=0)
+    m = mask[0].double()
+    energy = torch.zeros(h, w, dtype=torch.float64)
+    gx = (gray[:, 1:] - gray[:, :-1]).abs() * m[:, 1:] * m[:, :-1]
+    gy = (gray[1:, :] - gray[:-1, :]).abs() * m[1:, :] * m[:-1, :]
+    energy[:, 1:] += gx
+    energy[1:, :] += gy
+    integral = torch.nn.functional.pad(energy.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    stride = max(1, size // 8)
+    rows = sorted(set(range(0, h - wh + 1, stride)) | {h - wh})
+    cols = sorted(set(range(0, w - ww + 1, stride)) | {w - ww})
+    r = torch.tensor(rows)[:, None]
+    c = torch.tensor(cols)[None, :]
+    total = integral[r + wh, c + ww] - integral[r, c + ww] - integral[r + wh, c] + integral[r, c]
+    best = int(torch.argmax(total.flatten()))
+    r0, c0 = rows[best // len(cols)], cols[best % len(cols)]
+    return slice(r0, r0 + wh), slice(c0, c0 + ww)
 
 
 class FrameRestorer:
@@ -96,6 +126,8 @@ class FrameRestorer:
         device: str = "cpu",
         priors: tuple[Prior, Prior] | None = None,
     ) -> None:
+        if settings.kernel_init not in KERNEL_INITS:
+            raise ValueError(f"unknown kernel_init {settings.kernel_init!r}; choose from {KERNEL_INITS}")
         self.settings = settings
         self.device = torch.device(device)
         cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -105,6 +137,10 @@ class FrameRestorer:
             load_shipped("kernel", device=device),
         )
         self.model_version = f"{self.image_prior.version}+{self.kernel_prior.version}"
+        s = settings
+        self.image_score = tiled_score(
+            autocast_score(self.image_prior, self.bf16), s.tile_size, s.tile_overlap, s.tile_batch
+        )
 
     def kernel_canvas(self, kernel_size: int) -> int | None:
         """The kernel process's canvas: the kernel prior's training canvas when the configured
@@ -115,68 +151,56 @@ class FrameRestorer:
     def __call__(
         self, frames: list[FrameInput], progress: Callable[[int, int], None] | None = None
     ) -> list[FrameOutput]:
-        """Restore `frames`; frames sharing a working shape form one vectorised batch each, so a
-        frame's result never depends on its batch mates (per-frame generators, no padding)."""
+        """Restore `frames` at their own size; frames sharing a shape form one vectorised batch each,
+        so a frame's result never depends on its batch mates (per-frame generators, no padding)."""
         started = time.perf_counter()
-        shapes = [_working_shape(*f.image.shape[:2], self.settings.working_size) for f in frames]
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, (h, w, _) in enumerate(shapes):
-            groups.setdefault((h, w), []).append(i)
-        results: dict[int, tuple[np.ndarray, np.ndarray, float, float, float, int]] = {}
-        for (h, w), idx in groups.items():
-            for i, row in zip(
-                idx,
-                self._restore_group([frames[i] for i in idx], h, w, [shapes[i][2] for i in idx], progress),
-                strict=True,
-            ):
-                results[i] = row
-        per_frame = (time.perf_counter() - started) / max(1, len(frames))
-        outputs = []
         for i, f in enumerate(frames):
-            crop, kernel, residual, gain, extent, nfe = results[i]
-            outputs.append(
-                FrameOutput(
-                    key=f.key,
-                    restored=_resize(crop, f.image.shape[:2], Image.Resampling.BICUBIC),
-                    kernel=kernel,
-                    residual=residual,
-                    sharpness_gain=gain,
-                    kernel_extent=extent,
-                    nfe=nfe,
-                    seconds=per_frame,
-                    scale=shapes[i][2],
-                )
-            )
-        return outputs
+            groups.setdefault(f.image.shape[:2], []).append(i)
+        results: dict[int, FrameOutput] = {}
+        for idx in groups.values():
+            for i, out in zip(idx, self._restore_group([frames[i] for i in idx], progress), strict=True):
+                results[i] = out
+        per_frame = (time.perf_counter() - started) / max(1, len(frames))
+        return [
+            FrameOutput(**{**results[i].__dict__, "seconds": per_frame}) for i in range(len(frames))
+        ]
+
+    def noise_sigma(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Per-frame noise std on the [-1, 1] scale (B,) float64: the setting, or estimated."""
+        s = self.settings.noise_sigma
+        if s == "auto":
+            return estimate_noise_sigma(y, m, floor=QUANTISATION_SIGMA)
+        return torch.full((y.shape[0],), model_noise_sigma(float(s)), dtype=torch.float64)
+
+    def estimate_kernel(self, y: torch.Tensor, m: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Blur kernels (B, 1, K, K) in native pixels, each from its frame's most textured
+        `working_size` region (the classical coarse-to-fine L0 estimate; `sigma` (B,) is the noise
+        level on the [-1, 1] scale, for estimators that use it)."""
+        del sigma  # the classical estimator sets its own weights
+        s = self.settings
+        kernels = []
+        for i in range(y.shape[0]):
+            rows, cols = kernel_region(y[i], m[i], s.working_size)
+            yr, mr = y[i : i + 1, :, rows, cols], m[i : i + 1, :, rows, cols]
+            kernels.append(blind_kernel(yr.double(), mr.double(), s.kernel_size).to(y.dtype))
+        return torch.cat(kernels)
 
     def _restore_group(
-        self,
-        frames: list[FrameInput],
-        h: int,
-        w: int,
-        scales: list[float],
-        progress: Callable[[int, int], None] | None,
-    ) -> list[tuple[np.ndarray, np.ndarray, float, float, float, int]]:
+        self, frames: list[FrameInput], progress: Callable[[int, int], None] | None
+    ) -> list[FrameOutput]:
         s = self.settings
-        ys, ms = [], []
-        for f in frames:
-            ys.append(_to_tensor(_resize(f.image, (h, w), Image.Resampling.BOX)))
-            mask = (
-                np.ones((h, w), bool)
-                if f.mask is None
-                else _resize(f.mask.astype(np.uint8) * 255, (h, w), Image.Resampling.NEAREST) >= 128
-            )
-            ms.append(torch.from_numpy(mask).float()[None])
-        y = to_device(torch.stack(ys), self.device)  # pinned + asynchronous to a GPU
-        m = to_device(torch.stack(ms), self.device)
-        # noise std on the [-1, 1] scale, per frame: area downscaling by 1/scale averages it down
-        sigma = torch.tensor([model_noise_sigma(s.noise_sigma) * sc for sc in scales], dtype=torch.float64)
+        h, w = frames[0].image.shape[:2]
+        masks = [np.ones((h, w), bool) if f.mask is None else np.asarray(f.mask, bool) for f in frames]
+        y = to_device(torch.stack([_to_tensor(f.image) for f in frames]), self.device)  # pinned, async
+        m = to_device(torch.stack([torch.from_numpy(mk).float()[None] for mk in masks]), self.device)
+        sigma = self.noise_sigma(y, m)
         kernel_init = known = None
         if s.kernel_init != "prior":
-            classical = blind_kernel(y.double(), m.double(), s.kernel_size).to(y.dtype)
-            kernel_init, known = (classical, None) if s.kernel_init == "classical" else (None, classical)
+            kernel = self.estimate_kernel(y, m, sigma)
+            kernel_init, known = (kernel, None) if s.kernel_init == "classical" else (None, kernel)
         result = restore_blind(
-            y, m, autocast_score(self.image_prior, self.bf16), autocast_score(self.kernel_prior, self.bf16),
+            y, m, self.image_score, autocast_score(self.kernel_prior, self.bf16),
             image_cld=self.image_prior.cld, kernel_cld=self.kernel_prior.cld,
             kernel_size=s.kernel_size, steps=s.steps, noise_sigma=sigma,
             generator=[generator_for(f.seed_key, device=self.device) for f in frames],
@@ -188,13 +212,16 @@ class FrameRestorer:
         gains = sharpness_gain(result.x, y, m)
         extents = kernel_extent(result.kernel.double())
         return [
-            (
-                _to_uint8(result.x[i].cpu()),
-                result.kernel[i, 0].cpu().numpy().astype(np.float32),
-                float(result.diagnostics["residual_ratio"][i]),
-                float(gains[i]),
-                float(extents[i]),
-                result.nfe,
+            FrameOutput(
+                key=f.key,
+                restored=_to_uint8(result.x[i].cpu()),
+                kernel=result.kernel[i, 0].cpu().numpy().astype(np.float32),
+                residual=float(result.diagnostics["residual_ratio"][i]),
+                sharpness_gain=float(gains[i]),
+                kernel_extent=float(extents[i]),
+                nfe=result.nfe,
+                seconds=0.0,
+                noise_sigma=float(sigma[i]) / 2.0,
             )
-            for i in range(len(frames))
+            for i, f in enumerate(frames)
         ]

@@ -195,7 +195,13 @@ def test_run_command_prints_run_id_and_report(prefect_api: None, local_ray: None
     assert out["frames"].strip() == "2 restored, 0 skipped, 0 quarantined, 1 left for a later run (--limit)"
     assert report == f"{open_store(dst).uri}/reports/{run_id}/index.html"
     assert Path(report.removeprefix("file://")).is_file()
-    assert len(load_frames_report(open_store(dst), run_id)) == 2
+    frames = load_frames_report(open_store(dst), run_id)
+    assert len(frames) == 2
+    # codes readable before/after restoration (these frames carry no codes: 0 and 0)
+    assert out["codes"].strip() == "readable before 0, after 0"
+    assert {"codes_in", "codes_out", "codes_agree", "noise_sigma"} <= set(frames.columns)
+    assert (frames["noise_sigma"] > 0).all() and (frames["codes_agree"] == 1.0).all()
+    assert 'id="codes-readable">before 0, after 0' in Path(report.removeprefix("file://")).read_text()
 
 
 @pytest.mark.timeout(150)

@@ -378,6 +378,7 @@ def _meta(summary: Mapping[str, object]) -> str:
         ("source", f"<span class=\"mono\">{_esc(summary.get('source')) or '—'}</span>"),
         ("destination", f"<span class=\"mono\">{_esc(summary.get('dest')) or '—'}</span>"),
         ("means (restored)", _esc(mean_text)),
+        ("codes readable", f"<span id=\"codes-readable\">{_esc(codes_text(summary))}</span>"),
     ]
     return "<dl class=\"meta\">" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields) + "</dl>"
 
@@ -450,6 +451,16 @@ def _before_after(rows: Sequence[Mapping[str, object]]) -> str:
             "<th class=\"num\">before (input)</th><th class=\"num\">after (restored)</th>"
             "<th class=\"num\">change</th><th class=\"num\">frames</th></tr></thead><tbody>"
             + "".join(lines) + "</tbody></table>")
+
+
+def codes_text(summary: Mapping[str, object]) -> str:
+    """'before N, after M' barcode/QR texts read (zxing-cpp) in the run's inputs / outputs."""
+    c = summary.get("codes")
+    if not isinstance(c, Mapping) or not _num(c.get("frames")):
+        return "—"
+    lost = _num(c.get("frames_lost"))
+    return (f"before {_text(c.get('before'))}, after {_text(c.get('after'))}"
+            + (f" (a code lost on {int(lost)} frames)" if lost else ""))
 
 
 def _worst_first(rows: Sequence[Mapping[str, object]]) -> tuple[list[Mapping[str, object]], str]:
@@ -768,7 +779,8 @@ def render_index(summaries: Iterable[Mapping[str, object]], *, page_size: int = 
             "<th class=\"sortable\">config</th>"
             "<th class=\"num sortable\">restored</th><th class=\"num sortable\">skipped</th>"
             "<th class=\"num sortable\">quarantined</th><th class=\"num sortable\">mean residual</th>"
-            "<th class=\"num sortable\">mean PSNR</th><th class=\"num sortable\">mean kernel-MSE</th></tr>")
+            "<th class=\"num sortable\">mean PSNR</th><th class=\"num sortable\">mean kernel-MSE</th>"
+            "<th>codes readable</th></tr>")
 
     def row_html(s: Mapping[str, object]) -> str:
         run_id = str(s["run_id"])
@@ -792,6 +804,7 @@ def render_index(summaries: Iterable[Mapping[str, object]], *, page_size: int = 
         for col, fmt in (("residual", "{:.3f}"), ("psnr", "{:.2f}"), ("kernel_mse", "{:.2e}")):
             v = _num(means(s).get(col))
             cells.append(f"<td class=\"num\" data-v=\"{'' if v is None else repr(v)}\">{_fmt(v, fmt)}</td>")
+        cells.append(f"<td class=\"codes\">{_esc(codes_text(s))}</td>")
         cls = (" class=\"failed\"" if failed else "") + f" data-status=\"{_esc(status)}\""
         return f"<tr{cls}>" + "".join(cells) + "</tr>"
 
