@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from restoration.rng import generator_for
-from restoration.synthetic.native import native_frame
+from restoration.synthetic.coded import native_frame
 from storage.images import encode_png
 from storage.sidecars import save_kernel
 

@@ -14,7 +14,7 @@ from flows.bench import BenchSpec, generate_set, main
 from flows.bench_sizes import SizeBenchError, bench_sizes, parse_sizes, size_frame
 from restoration.codes import codes_agree, decode_codes
 from restoration.rng import generator_for
-from restoration.synthetic.native import native_frame
+from restoration.synthetic.coded import native_frame
 from storage.stores import open_store
 
 FONTS = tuple(sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf")))

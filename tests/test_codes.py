@@ -9,7 +9,7 @@ from flows.pipeline import codes_line, codes_readable
 from flows.reports.html import codes_text
 from restoration.codes import decode_codes
 from restoration.rng import generator_for
-from restoration.synthetic.native import native_frame
+from restoration.synthetic.coded import native_frame
 
 FONTS = tuple(sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf")))
 
