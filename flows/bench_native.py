@@ -1,7 +1,7 @@
 """The bench's `native` suites: checkout frames at camera size whose codes must read.
 
 ``checkout-restore bench --suites native`` (= ``native-motion,native-gaussian``) generates frames
-with :func:`restoration.synthetic.native.native_frame` (longest side 256-640 px in 4:3 / 1:1 /
+with :func:`restoration.synthetic.coded.native_frame` (longest side 256-640 px in 4:3 / 1:1 /
 3:4, an EAN-13 at 2-3 px per module, a QR code on half of them, a price; motion or Gaussian
 kernels of 9-41 px; noise std 0.005-0.02) in the sidecar layout plus ``<id>.codes.json`` with the
 true code texts. The runner counts a code as read only when zxing-cpp returns its true text
