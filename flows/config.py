@@ -49,8 +49,8 @@ class RestorationSettings(Frozen):
     :meth:`PipelineConfig.config_hash` (the ledger's idempotency key).
     """
 
-    # per-sample restoration: batch mates never change a frame's pixels
-    PIXEL_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    # per-sample restoration: batch mates (frames, or score tiles) never change a frame's pixels
+    PIXEL_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"batch_size", "tile_batch"})
 
     working_size: int = Field(256, ge=16, description="side of the native-pixel region the kernel is "
                               "estimated on; frames are always restored at their own size")

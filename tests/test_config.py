@@ -121,12 +121,12 @@ def test_config_lookup_order_and_listing(tmp_path: Path, monkeypatch: pytest.Mon
 BASE = load_config("smoke")
 MODEL = "image@1+kernel@1"
 PIXEL_CHANGES: dict[str, Any] = {
-    "working_size": 64, "kernel_size": 13, "steps": 7, "noise_sigma": 0.03, "method": "paper",
+    "working_size": 96, "kernel_size": 13, "steps": 7, "noise_sigma": 0.03, "method": "paper",
     "image_guidance": 0.9, "kernel_guidance": 0.7, "prox_strength": 2.0, "renoise": 0.5,
-    "kernel_init": "classical", "kernel_t_start": 0.2, "bf16": False,
+    "kernel_init": "classical", "kernel_t_start": 0.2, "bf16": False, "tile_size": 128, "tile_overlap": 8,
 }
 NEUTRAL_CHANGES: dict[str, dict[str, Any]] = {
-    "restoration": {"batch_size": 7},
+    "restoration": {"batch_size": 7, "tile_batch": 3},
     "cluster": {"actors": 5, "num_gpus": 1.0, "num_cpus": 3.0, "max_in_flight": 9, "address": "ray://h:10001",
                 "resources": {"restore_worker": 1.0}},
     "schedule": {"cron": "30 3 * * 1", "timezone": "America/New_York", "upload_debounce_seconds": 120},

@@ -41,10 +41,14 @@ def test_any_size_and_aspect_comes_back_at_input_size(restorer: FrameRestorer) -
 
 
 def test_a_frame_restored_alone_equals_it_in_a_batch(restorer: FrameRestorer) -> None:
-    # 72 x 80 frames: their canvases exceed the smoke config's 64-px score tiles, so tiling runs
-    frames = [frame("a", 72, 80, 0), frame("b", 72, 80, 1), frame("c", 72, 80, 2)]
-    batch = restorer(frames)
-    alone = restorer([frames[1]])
+    # 32-px score tiles: the 40 x 32 frames' canvases (54 x 46) take 2 x 2 tiles, so tiling runs
+    tiled = FrameRestorer(
+        restorer.settings.model_copy(update={"tile_size": 32, "tile_overlap": 8, "steps": 4}),
+        priors=(restorer.image_prior, restorer.kernel_prior),
+    )
+    frames = [frame("a", 40, 32, 0), frame("b", 40, 32, 1), frame("c", 40, 32, 2)]
+    batch = tiled(frames)
+    alone = tiled([frames[1]])
     assert np.abs(batch[1].restored.astype(int) - alone[0].restored.astype(int)).max() <= 1
     np.testing.assert_allclose(batch[1].kernel, alone[0].kernel, atol=1e-5)
 
@@ -99,7 +103,9 @@ def test_a_320px_frame_comes_back_with_native_detail(restorer: FrameRestorer) ->
     c = (ksize - 1) // 2
     sharp = canvas[c : c + size, c : c + size]
 
-    out = restorer([FrameInput("f", y8, None, "test/native-detail")])[0]
+    settings = restorer.settings.model_copy(update={"tile_size": 128, "tile_overlap": 16, "steps": 6})
+    native = FrameRestorer(settings, priors=(restorer.image_prior, restorer.kernel_prior))
+    out = native([FrameInput("f", y8, None, "test/native-detail")])[0]
     assert out.restored.shape == (size, size, 3)
 
     def db(a: np.ndarray) -> float:

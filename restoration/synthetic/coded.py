@@ -2,8 +2,10 @@
 
 A frame is a held-out checkout scene (:func:`render_canvas`) at a camera size (longest side
 256-640 px, aspect 4:3, 1:1 or 3:4) with a product label on it: an EAN-13 barcode at a real
-module width (1.5-3 px per module), a QR code (2-4 px per module) on half of the frames, and a
-price; each code's true text is returned, so a read-out counts only when that text comes back.
+module width (2-3 px per module: thinner EAN-13s often fail to read even when sharp), a QR code
+(2-4 px per module) on half of the frames, and a price; each code's true text is returned, so a
+read-out counts only when that text comes back. (`restoration/synthetic/native.py` draws similar
+labels for training the v2 prior, but does not return the code texts.)
 The scene is blurred by the *valid* convolution of a larger canvas (restoration/operators.py)
 with a motion or Gaussian kernel of up to 41 px, and noise of std 0.005-0.02 is added before
 8-bit quantisation. Everything is determined by the frame's generator.
