@@ -753,7 +753,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="frames per suite")
     p.add_argument("--size", type=int, default=BenchSpec.size, help="side of the square frames")
     p.add_argument("--suites", default=",".join(SUITES),
-                   help="comma-separated suites, or table1 / table1:TASK,... (flows/table1.py)")
+                   help="comma-separated suites (motion, gaussian, motion+occlusion, native = native-motion,"
+                   "native-gaussian: flows/bench_native.py), or table1 / table1:TASK,... (flows/table1.py)")
     p.add_argument("--fonts", default=DEFAULT_FONT_GLOB, help="glob of TrueType fonts")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device")
