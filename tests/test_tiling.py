@@ -68,3 +68,17 @@ def test_tiling_of_the_shipped_prior_has_no_seams_and_is_per_sample() -> None:
     # GroupNorm sees per-tile statistics, so tiled != untiled exactly; but close, and no seam:
     rel = (both - full).norm() / full.norm()
     assert float(rel) < 0.1, float(rel)
+
+
+def test_channels_last_layout_is_the_same_score() -> None:
+    from flows.restorer import autocast_score
+
+    prior = load_shipped("image")
+    g = torch.Generator().manual_seed(3)
+    x, v = torch.randn(2, 3, 40, 48, generator=g), torch.randn(2, 3, 40, 48, generator=g)
+    t = torch.tensor([0.1, 0.6], dtype=torch.float64)
+    with torch.no_grad():
+        plain = prior.score(x, v, t)
+        fast = autocast_score(prior, enabled=False, channels_last=True)(x, v, t)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
