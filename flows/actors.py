@@ -155,9 +155,8 @@ class RestoreWorker:
         return model.pixel_budget(free)
 
     def _working_pixels(self, image: np.ndarray) -> int:
-        from flows.restorer import _working_shape
-
-        h, w, _ = _working_shape(*image.shape[:2], self._settings.working_size)
+        """Pixels the sampler holds for this frame: frames are restored at their own size."""
+        h, w = image.shape[:2]
         return h * w
 
     # -- one batch ---------------------------------------------------------------------------
