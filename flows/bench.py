@@ -61,7 +61,15 @@ from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from restoration import kernels as kern
 from restoration.classical import classical_blind, wiener_deconv
 from restoration.codes import decode_codes
-from restoration.metrics import kernel_mse, kernel_ncc, psnr, psnr_masked, sharpness_gain, ssim
+from restoration.metrics import (
+    kernel_mse,
+    kernel_ncc,
+    psnr,
+    psnr_masked,
+    registration_shift,
+    sharpness_gain,
+    ssim,
+)
 from restoration.operators import blur
 from restoration.rng import generator_for
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
@@ -71,7 +79,43 @@ from storage.images import encode_png
 from storage.sidecars import discover, save_kernel
 from storage.stores import open_store
 
-SUITES: tuple[str, ...] = ("motion", "gaussian", "motion+occlusion")
+SuiteKernelFn = Callable[[int, torch.Generator], torch.Tensor]
+"""(kernel size K, generator) -> one sum-1 kernel (1, 1, K, K) float64, centre of mass centred."""
+
+
+def _kinds(*kinds: str) -> SuiteKernelFn:
+    return lambda size, g: kern.sample_kernels(1, size, g, kinds).double()
+
+
+def near_sharp_kernel(size: int, g: torch.Generator) -> torch.Tensor:
+    """Little or no blur, drawn uniformly among: the identity; an anisotropic Gaussian with major
+    sigma 0.3-0.6 px; a linear motion of 1-3 px (what a steady hand or a slightly soft lens gives)."""
+    kind = int(torch.randint(3, (1,), generator=g))
+    if kind == 0:
+        k = torch.zeros(size, size, dtype=torch.float64)
+        k[size // 2, size // 2] = 1.0
+    elif kind == 1:
+        sx = 0.3 + 0.3 * float(torch.rand(1, generator=g, dtype=torch.float64))
+        sy = sx * (0.5 + 0.5 * float(torch.rand(1, generator=g, dtype=torch.float64)))
+        k = kern.gaussian_kernel(size, sx, sy, math.pi * float(torch.rand(1, generator=g))).double()
+    else:
+        length = 1.0 + 2.0 * float(torch.rand(1, generator=g, dtype=torch.float64))
+        k = kern.line_kernel(size, length, math.pi * float(torch.rand(1, generator=g)))
+    return (k / k.sum())[None, None]
+
+
+#: suite -> kernel generator. The whole registry of generated suites (order fixes the seeds).
+SUITE_KERNELS: dict[str, SuiteKernelFn] = {
+    "motion": _kinds("motion"),
+    "gaussian": _kinds("gaussian"),
+    "motion+occlusion": _kinds("motion"),
+    "near-sharp": near_sharp_kernel,
+}
+#: suites whose frames get a hand-like occluder (mask sidecar).
+OCCLUDED_SUITES: frozenset[str] = frozenset({"motion+occlusion"})
+SUITES: tuple[str, ...] = tuple(SUITE_KERNELS)
+#: a frame is "harmed" when the output's PSNR is below the input's by more than this (dB)
+HARM_MARGIN_DB = 0.3
 METHOD_NAMES: tuple[str, ...] = (
     "blurred",
     "classical-blind",
@@ -86,9 +130,9 @@ COLUMNS: tuple[str, ...] = (
     "method", "frame", "suite", "psnr", "ssim", "psnr_in_mask", "psnr_out_mask", "kernel_mse",
     "kernel_ncc", "seconds", "nfe", "sharpness_gain", "kernel_size_true", "kernel_size_est",
     "note", "codes_true", "codes_decoded", "codes_sharp", "codes_read",
+    "psnr_input", "harmed", "shift_px", "kernel_choice", "kernel_score",
 )  # fmt: skip
 
-_SUITE_KINDS = {"motion": ("motion",), "gaussian": ("gaussian",), "motion+occlusion": ("motion",)}
 _SKIN = ((236, 188, 160), (224, 172, 135), (198, 134, 96), (160, 105, 72), (120, 80, 56),
          (250, 214, 185))  # fmt: skip
 
@@ -222,7 +266,7 @@ def _frame_arrays(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, by
     seed = spec.seed_start + SUITES.index(suite) * 10_000 + index
     g = generator_for(f"bench/{suite}/{index}/{seed}")
     ksize = spec.kernel_sizes[int(torch.randint(len(spec.kernel_sizes), (1,), generator=g))]
-    k = kern.sample_kernels(1, ksize, g, _SUITE_KINDS[suite]).double()
+    k = SUITE_KERNELS[suite](ksize, g)
     k = k / k.sum()
     side = spec.size + ksize - 1
     canvas = render_canvas(seed, side, side, list(spec.fonts))
@@ -232,7 +276,7 @@ def _frame_arrays(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, by
     sharp = canvas[c : c + spec.size, c : c + spec.size]
     mask = None
     coverage = None
-    if suite == "motion+occlusion":
+    if suite in OCCLUDED_SUITES:
         hand, colour = hand_occluder(spec.size, spec.size, g, spec.occlusion)
         y = np.where(hand[..., None], colour, y)
         mask = ~hand
@@ -274,22 +318,30 @@ def generate_set(
 ) -> list[dict[str, Any]]:
     """Write the benchmark set into ``store`` (sidecar layout + ``bench.json``); frame records.
 
-    An existing set with the same spec is reused as is; a different ``bench.json`` is an error
-    (never overwrite another set: pick another folder).
+    An existing set with the same spec is reused as is, and extended by the suites it lacks
+    (frames are deterministic per suite and index, so the added suites are what a fresh set
+    would hold); any other difference in ``bench.json`` is an error (never overwrite another set:
+    pick another folder).
     """
     spec.validate()
     want = json.loads(json.dumps(spec.to_json()))  # tuples -> lists, as read back
+    records: list[dict[str, Any]] = []
+    have_suites: list[str] = []
     if store.exists(MANIFEST):
         have = json.loads(store.get(MANIFEST))
-        if have.get("spec") != want:
+        same = {k: v for k, v in have.get("spec", {}).items() if k != "suites"}
+        if same != {k: v for k, v in want.items() if k != "suites"}:
             raise BenchError(
                 f"{store.uri} holds a benchmark set with a different spec; use another --set folder"
             )
-        return list(have["frames"])
+        have_suites = list(have["spec"]["suites"])
+        records = list(have["frames"])
+        if set(spec.suites) <= set(have_suites):
+            return records
+        want["suites"] = have_suites + [s for s in spec.suites if s not in have_suites]
     from tqdm import tqdm
 
-    jobs = [(s, i) for s in spec.suites for i in range(spec.frames_per_suite)]
-    records = []
+    jobs = [(s, i) for s in spec.suites if s not in have_suites for i in range(spec.frames_per_suite)]
     for suite, i in tqdm(jobs, desc="generate bench set", disable=not progress):
         files, rec = SUITE_FRAMES[suite](spec, suite, i)
         for key, data in files.items():
@@ -325,6 +377,8 @@ class MethodOutput:
     x: torch.Tensor  # (B, 3, H, W)
     kernel: torch.Tensor | None  # (B, 1, K, K)
     nfe: int
+    #: per frame: the kernel candidate the method chose and its no-reference score (or empty)
+    choices: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -450,7 +504,8 @@ def method_blind_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutp
         if len(sizes) == 1
         else None
     )
-    return MethodOutput(x=x, kernel=kernel, nfe=int(outs[0].nfe) if outs else 0)
+    return MethodOutput(x=x, kernel=kernel, nfe=int(outs[0].nfe) if outs else 0,
+                        choices=[(o.kernel_choice, o.kernel_score) for o in outs])
 
 
 #: name -> function(frames, context) -> MethodOutput. The whole registry: no discovery.
@@ -474,9 +529,14 @@ def _to_unit(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255.0
 
 
-def load_frames(store: ObjectStore, limit: int | None = None) -> list[BenchFrame]:
-    """Frames of a sidecar-layout store sorted by id (the first ``limit`` of them)."""
+def load_frames(
+    store: ObjectStore, limit: int | None = None, suites: Sequence[str] | None = None
+) -> list[BenchFrame]:
+    """Frames of a sidecar-layout store sorted by id (the first ``limit`` of them), optionally only
+    those of ``suites``."""
     refs = sorted(discover(store), key=lambda r: r.id)
+    if suites is not None:
+        refs = [r for r in refs if _suite_of(r.id) in suites]
     if limit is not None:
         refs = refs[:limit]
     frames = []
@@ -550,6 +610,17 @@ def score(
         row["kernel_mse"] = float(kernel_mse(k, frame.kernel, canvas=canvas)[0])
         row["kernel_ncc"] = float(kernel_ncc(k, frame.kernel, canvas=canvas)[0])
     row["sharpness_gain"] = float(sharpness_gain(x, frame.y, frame.mask)[0])
+    row.update(psnr_input=_nan(), harmed=_nan(), shift_px=_nan())
+    if frame.sharp is not None:
+        # harm is judged where the frame was observed: under a hand the input holds the hand
+        if frame.mask is None:
+            before, after = float(psnr(frame.y, frame.sharp)[0]), row["psnr"]
+        else:
+            before = float(psnr_masked(frame.y, frame.sharp, frame.mask)[0])
+            after = row["psnr_out_mask"]
+        row["psnr_input"] = before
+        row["harmed"] = float(after < before - HARM_MARGIN_DB)
+        row["shift_px"] = float(registration_shift(x, frame.sharp)[0].norm())
     return row
 
 
@@ -573,12 +644,15 @@ def run_method(
                              f"not the input size {tuple(frame.y.shape[-2:])}")
         row = {"method": name, "frame": frame.id, "suite": frame.suite}
         row.update(score(frame, x, out.kernel, ctx.settings.kernel_size))
+        choice, choice_score = out.choices[0] if out.choices else ("", _nan())
         row.update(
             seconds=seconds,
             nfe=int(out.nfe),
             kernel_size_true=_nan() if frame.kernel is None else frame.kernel.shape[-1],
             kernel_size_est=_nan() if out.kernel is None else out.kernel.shape[-1],
             note="",
+            kernel_choice=choice,
+            kernel_score=choice_score,
         )
         row.update(_code_columns(frame, x))
         rows.append(row)
@@ -632,6 +706,11 @@ def fixed_kernel_rows(frames: list[BenchFrame], kernel_canvas: int) -> list[dict
                 kernel_size_true=f.kernel.shape[-1],
                 kernel_size_est=canvas,
                 note=f"hindsight: {label}",
+                psnr_input=_nan(),
+                harmed=_nan(),
+                shift_px=_nan(),
+                kernel_choice="",
+                kernel_score=_nan(),
             )
             rows.append(row)
     return rows
@@ -641,11 +720,18 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean per (suite, method), methods in registry order, fixed-kernel last."""
     order = {m: i for i, m in enumerate((*METHOD_NAMES, "fixed-kernel"))}
     cols = ["psnr", "ssim", "psnr_in_mask", "psnr_out_mask", "kernel_mse", "kernel_ncc",
-            "seconds", "nfe"]  # fmt: skip
+            "seconds", "nfe", "shift_px"]  # fmt: skip
     g = df.groupby(["suite", "method"], sort=False)
     table = g[cols].mean()
     table.insert(0, "frames", g.size())
+    table["frames_harmed"] = g["harmed"].sum(min_count=1)
     table = table.reset_index()
+    # blind-vs-oracle gap: the oracle-cvsa PSNR of the suite minus the method's
+    oracle = table[table["method"] == "oracle-cvsa"].set_index("suite")["psnr"]
+    table["oracle_gap"] = [
+        oracle.get(su, math.nan) - p if not m.startswith("oracle") else math.nan
+        for su, m, p in zip(table["suite"], table["method"], table["psnr"], strict=True)
+    ]
     table["_o"] = table["method"].map(lambda m: order.get(m, len(order)))
     table = table.sort_values(["suite", "_o"]).drop(columns="_o").reset_index(drop=True)
     notes = df[df["method"] == "fixed-kernel"].groupby("suite")["note"].first()
@@ -691,14 +777,17 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         header,
         "",
         "| suite | method | frames | PSNR | SSIM | PSNR in mask | PSNR out mask "
-        "| kernel-MSE ×1e4 | kernel NCC | s/frame | NFE | codes read | sharp reads | codes lost | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| kernel-MSE ×1e4 | kernel NCC | frames harmed | gap to oracle-cvsa dB | |shift| px "
+        "| s/frame | NFE | codes read | sharp reads | codes lost | note |",
+        "|---|---|" + "---:|" * 15 + "---|",
     ]
     for r in table.itertuples(index=False):
+        harmed = "–" if math.isnan(r.frames_harmed) else str(int(r.frames_harmed))
         cells = [
             r.suite, r.method, str(r.frames), _fmt(r.psnr, 2), _fmt(r.ssim, 3),
             _fmt(r.psnr_in_mask, 2), _fmt(r.psnr_out_mask, 2), _fmt(r.kernel_mse * 1e4, 3),
-            _fmt(r.kernel_ncc, 3), _fmt(r.seconds, 2), _fmt(float(r.nfe), 0),
+            _fmt(r.kernel_ncc, 3), harmed, _fmt(r.oracle_gap, 2), _fmt(r.shift_px, 2),
+            _fmt(r.seconds, 2), _fmt(float(r.nfe), 0),
             _rate(r.codes_decoded, r.codes_true), _rate(r.codes_sharp, r.codes_true),
             _fmt(r.codes_lost, 0), r.note,
         ]  # fmt: skip
@@ -813,7 +902,7 @@ def bench_main(args: argparse.Namespace) -> int:
     settings = load_config(args.config).restoration
     if args.steps:
         settings = settings.model_copy(update={"steps": args.steps})
-    frames = load_frames(store, args.limit)
+    frames = load_frames(store, args.limit, None if args.data else _spec_from_args(args).suites)
     if not frames:
         raise BenchError(f"no frames under {data_uri}")
     ctx = BenchContext(settings=settings, device=args.device)

@@ -2,7 +2,7 @@
 
 The pydantic models below are the one place where defaults live; a YAML file in ``configs/``
 overrides only what differs. Enums are ``Literal`` types and incompatible combinations are
-rejected by validators, so a typo (``kernel_init: bogus``) fails when the config is loaded —
+rejected by validators, so a typo (``kernel_strategy: bogus``) fails when the config is loaded —
 with the file name and line — before any server, folder or cluster starts.
 
 ``--config REF`` resolves, in this order: a path to a YAML file, ``./configs/REF.yaml`` in the
@@ -24,7 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Method = Literal["proximal", "paper"]
-KernelInit = Literal["prior", "classical", "classical-fixed"]
+#: names of restoration.kernel_choice.KERNEL_STRATEGIES (a test keeps the two in step)
+KernelStrategy = Literal["select", "identity", "parametric", "classical", "classical-prior", "prior"]
 WEBHOOK_ENV = "CHECKOUT_RESTORE_WEBHOOK_URL"
 
 
@@ -68,7 +69,8 @@ class RestorationSettings(Frozen):
     kernel_guidance: float = Field(0.5, ge=0, description="proximal: blend of the kernel update into k0_hat")
     prox_strength: float = Field(1.0, gt=0, description="lambda in rho_t = lambda sigma^2 / Var(x0 | u_t)")
     renoise: float = Field(1.0, ge=0, le=1, description="proximal: fresh-noise share of the CLD renoise step")
-    kernel_init: KernelInit = Field("classical-fixed", description="where the kernel estimate starts")
+    kernel_strategy: KernelStrategy = Field(
+        "select", description="which kernel restores a frame (kernel_choice.KERNEL_STRATEGIES)")
     kernel_t_start: float = Field(0.0, ge=0, le=1, description="least-squares kernel refinement below this t")
     batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
     bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")

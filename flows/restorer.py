@@ -21,25 +21,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import get_args
 
 import numpy as np
 import torch
 
-from flows.config import KernelInit, RestorationSettings, model_noise_sigma
+from flows.config import RestorationSettings, model_noise_sigma
 from flows.device import to_device, use_bf16
-from restoration.classical import blind_kernel
 from restoration.cvsa import restore_blind
+from restoration.kernel_choice import KERNEL_STRATEGIES, USES_KERNEL_PRIOR, KernelPlan
 from restoration.kernels import kernel_extent
 from restoration.metrics import sharpness_gain
 from restoration.noise import estimate_noise_sigma
 from restoration.priors import Prior, load_shipped
 from restoration.rng import generator_for
 from restoration.tiling import tiled_score
-
-# 'prior': kernel prior + least-squares updates only; 'classical': kernel process anchored on the
-# classical L0 estimate; 'classical-fixed': that estimate is the kernel (image sampled with CVSA).
-KERNEL_INITS = get_args(KernelInit)  # the config's Literal: validated at load, one list
 
 
 @dataclass(frozen=True)
@@ -61,6 +56,8 @@ class FrameOutput:
     nfe: int
     seconds: float
     noise_sigma: float  # noise std used, on the [0, 1] scale (estimated when the setting is 'auto')
+    kernel_choice: str = ""  # the kernel candidate used (restoration/kernel_choice.py)
+    kernel_score: float = float("nan")  # its no-reference score (Whittle nll; lower fits better)
 
 
 #: 8-bit quantisation noise on the [-1, 1] scale (2/255/sqrt(12)): no frame is cleaner than this.
@@ -134,17 +131,23 @@ class FrameRestorer:
         device: str = "cpu",
         priors: tuple[Prior, Prior] | None = None,
     ) -> None:
-        if settings.kernel_init not in KERNEL_INITS:
-            raise ValueError(f"unknown kernel_init {settings.kernel_init!r}; choose from {KERNEL_INITS}")
+        if settings.kernel_strategy not in KERNEL_STRATEGIES:
+            raise ValueError(f"unknown kernel_strategy {settings.kernel_strategy!r}")
         self.settings = settings
         self.device = torch.device(device)
         cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.bf16 = use_bf16(settings.bf16, self.device.type, cuda_bf16)  # bf16 autocast where it pays
-        self.image_prior, self.kernel_prior = priors or (
-            load_shipped("image", device=device),
-            load_shipped("kernel", device=device),
+        # the kernel prior is loaded (and named in the version) only when the strategy evaluates it
+        needs_kernel = settings.kernel_strategy in USES_KERNEL_PRIOR
+        if priors is not None:
+            self.image_prior, kernel_prior = priors
+        else:
+            self.image_prior = load_shipped("image", device=device)
+            kernel_prior = load_shipped("kernel", device=device) if needs_kernel else None
+        self.kernel_prior: Prior | None = kernel_prior if needs_kernel else None
+        self.model_version = self.image_prior.version + (
+            f"+{self.kernel_prior.version}" if self.kernel_prior is not None else ""
         )
-        self.model_version = f"{self.image_prior.version}+{self.kernel_prior.version}"
         s = settings
         self.image_score = tiled_score(
             autocast_score(self.image_prior, self.bf16, channels_last=True), s.tile_size, s.tile_overlap,
@@ -154,6 +157,8 @@ class FrameRestorer:
     def kernel_canvas(self, kernel_size: int) -> int | None:
         """The kernel process's canvas: the kernel prior's training canvas when the configured
         kernel is larger (kernels resampled between the two; docs/models.md, "Kernel sizes")."""
+        if self.kernel_prior is None:
+            return None
         trained = self.kernel_prior.meta.get("data", {}).get("size")
         return int(trained) if trained and int(trained) < kernel_size else None
 
@@ -182,18 +187,18 @@ class FrameRestorer:
             return estimate_noise_sigma(y, m, floor=QUANTISATION_SIGMA)
         return torch.full((y.shape[0],), model_noise_sigma(float(s)), dtype=torch.float64)
 
-    def estimate_kernel(self, y: torch.Tensor, m: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Blur kernels (B, 1, K, K) in native pixels, each from its frame's most textured
-        `working_size` region (the classical coarse-to-fine L0 estimate; `sigma` (B,) is the noise
-        level on the [-1, 1] scale, for estimators that use it)."""
-        del sigma  # the classical estimator sets its own weights
+    def estimate_kernel(self, y: torch.Tensor, m: torch.Tensor, sigma: torch.Tensor) -> list[KernelPlan]:
+        """The kernel plan per frame (`kernel_strategy`, restoration/kernel_choice.py), each from its
+        frame's most textured `working_size` region, in native pixels; `sigma` (B,) is the noise
+        level on the [-1, 1] scale. CPU float64 work (FFT scores, classical estimate)."""
         s = self.settings
-        kernels = []
+        plans = []
         for i in range(y.shape[0]):
             rows, cols = kernel_region(y[i], m[i], s.working_size)
             yr, mr = y[i : i + 1, :, rows, cols], m[i : i + 1, :, rows, cols]
-            kernels.append(blind_kernel(yr.double(), mr.double(), s.kernel_size).to(y.dtype))
-        return torch.cat(kernels)
+            plans.append(KERNEL_STRATEGIES[s.kernel_strategy](
+                yr.double().cpu(), mr.double().cpu(), s.kernel_size, sigma[i : i + 1]))
+        return plans
 
     def _restore_group(
         self, frames: list[FrameInput], progress: Callable[[int, int], None] | None
@@ -204,13 +209,18 @@ class FrameRestorer:
         y = to_device(torch.stack([_to_tensor(f.image) for f in frames]), self.device)  # pinned, async
         m = to_device(torch.stack([torch.from_numpy(mk).float()[None] for mk in masks]), self.device)
         sigma = self.noise_sigma(y, m)
-        kernel_init = known = None
-        if s.kernel_init != "prior":
-            kernel = self.estimate_kernel(y, m, sigma)
-            kernel_init, known = (kernel, None) if s.kernel_init == "classical" else (None, kernel)
+        plans = self.estimate_kernel(y, m, sigma)
+
+        def stack(field: str) -> torch.Tensor | None:
+            ks = [getattr(p, field) for p in plans]
+            return None if ks[0] is None else torch.cat(ks).to(y.device, y.dtype)
+
+        known, kernel_init = stack("known_kernel"), stack("kernel_init")
+        kernel_score = None if self.kernel_prior is None else autocast_score(self.kernel_prior, self.bf16)
         result = restore_blind(
-            y, m, self.image_score, autocast_score(self.kernel_prior, self.bf16),
-            image_cld=self.image_prior.cld, kernel_cld=self.kernel_prior.cld,
+            y, m, self.image_score, kernel_score,
+            image_cld=self.image_prior.cld,
+            kernel_cld=None if self.kernel_prior is None else self.kernel_prior.cld,
             kernel_size=s.kernel_size, steps=s.steps, noise_sigma=sigma,
             generator=[generator_for(f.seed_key, device=self.device) for f in frames],
             method=s.method, image_guidance=s.image_guidance, kernel_guidance=s.kernel_guidance,
@@ -231,6 +241,8 @@ class FrameRestorer:
                 nfe=result.nfe,
                 seconds=0.0,
                 noise_sigma=float(sigma[i]) / 2.0,
+                kernel_choice=plans[i].choice.name[0],
+                kernel_score=plans[i].choice.score(0),
             )
             for i, f in enumerate(frames)
         ]

@@ -58,6 +58,7 @@ __all__ = [
     "classical_blind",
     "estimate_kernel",
     "sparse_deconv",
+    "sparse_energy",
     "wiener_deconv",
 ]
 
@@ -398,6 +399,42 @@ def sparse_deconv(
     canvas = _make_canvas((y + 1) / 2, mask, _canvas_pad(k.shape[-1]))
     x = _sparse_deconv_canvas(canvas, _otf(k, canvas.shape), tau, p, iters)
     return (canvas.crop(x) * 2 - 1).to(out_dtype)
+
+
+def sparse_energy(
+    y: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    sigma: float = 0.04,
+    config: BlindConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hyper-Laplacian MAP restoration with kernel k, its energy and its data fit, per sample.
+
+    x̂ = the final deconvolution of :func:`classical_blind` (τ = final_tau σ², p = final_p, on
+    [0, 1]) and E(k) = (||M ⊙ (k * x̂ - y)||² + τ Σ |∇x̂|^p) / (observed pixels), both over the
+    frame (the canvas padding is extrapolation, not evidence). Among kernels with the same power
+    spectrum the sparse prior prefers the one whose deconvolution has fewer artefacts (ringing,
+    ghost edges): the phase information that spectrum-based scores cannot see.
+    Returns (x̂ (B, C, h, w) on [-1, 1], E (B,), residual ratio (B,): the RMS of M ⊙ (k * x̂ - y)
+    over observed pixels relative to sigma, ~1 when the kernel explains the frame to the noise).
+    """
+    cfg = config or BlindConfig()
+    out_dtype = _out_dtype(y)
+    y, mask = _check_inputs(y, mask)
+    k = _check_kernel(k, y.shape[0]).to(y.device)
+    y01 = ((y + 1) / 2).clamp(0, 1)
+    tau = cfg.final_tau * (sigma / 2) ** 2
+    canvas = _make_canvas(y01, mask, _canvas_pad(k.shape[-1]))
+    otf = _otf(k, canvas.shape)
+    xc = _sparse_deconv_canvas(canvas, otf, tau, cfg.final_p, cfg.final_iters)
+    fit = canvas.crop(canvas.observed * (_circ_blur(xc, otf) - canvas.y) ** 2).sum(dim=(1, 2, 3))
+    gx, gy = _grad(xc)
+    reg = canvas.crop(gx.abs() ** cfg.final_p + gy.abs() ** cfg.final_p)
+    reg = reg[..., :-1, :-1].sum(dim=(1, 2, 3))
+    n = (mask.sum(dim=(1, 2, 3)) * y.shape[1]).clamp_min(1.0)
+    x = (canvas.crop(xc) * 2 - 1).clamp(-1, 1)
+    ratio = (fit / n).sqrt() / (sigma / 2)
+    return x.to(out_dtype), ((fit + tau * reg) / n).to(torch.float64), ratio.to(torch.float64)
 
 
 # ----------------------------------------------------------------------------- blind: L0

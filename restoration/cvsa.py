@@ -405,10 +405,10 @@ def restore_blind(
     y: Tensor,
     mask: Tensor | None,
     image_score: ScoreFn,
-    kernel_score: ScoreFn,
+    kernel_score: ScoreFn | None,
     *,
     image_cld: CLD,
-    kernel_cld: CLD,
+    kernel_cld: CLD | None,
     kernel_size: int,
     steps: int,
     noise_sigma: float | Tensor,
@@ -463,6 +463,8 @@ def restore_blind(
     kc = kernel_size if kernel_canvas is None else int(kernel_canvas)
     if kc % 2 != 1 or kc > kernel_size:
         raise ValueError(f"kernel_canvas must be odd and <= kernel_size, got {kernel_canvas}")
+    if (kernel_score is None or kernel_cld is None) and known_kernel is None:
+        raise ValueError("blind restoration needs the kernel prior (kernel_score and kernel_cld)")
     batch, channels, h, w = y.shape
     if mask is None:
         mask = torch.ones(batch, 1, h, w, dtype=y.dtype, device=y.device)
@@ -475,7 +477,9 @@ def restore_blind(
 
     x, v = randn(canvas, generator, device, dtype), randn(canvas, generator, device, dtype)
     kp, kv = randn(kshape, generator, device, dtype), randn(kshape, generator, device, dtype)
-    v, kv = v * image_cld.mass**0.5, kv * kernel_cld.mass**0.5
+    v = v * image_cld.mass**0.5
+    if kernel_cld is not None:
+        kv = kv * kernel_cld.mass**0.5
     grid = time_grid(image_cld, steps, power=grid_power if method == "proximal" else 1.0)
     x_est, k_est = x, resample_kernel(soft_kernel(kp, threshold=kernel_threshold), kernel_size)
     if kernel_init is not None:
@@ -520,17 +524,9 @@ def restore_blind(
                 x, v = renoise_step(
                     image_cld, x, v, x_est, t, t_next, renoise, noise, randn(canvas, generator, device, dtype)
                 )
-                kp, kv = renoise_step(
-                    kernel_cld,
-                    kp,
-                    kv,
-                    p_new,
-                    t,
-                    t_next,
-                    renoise,
-                    knoise,
-                    randn(kshape, generator, device, dtype),
-                )
+                kz = randn(kshape, generator, device, dtype)  # drawn either way: same image noise
+                if known_kernel is None:  # a fixed kernel leaves the kernel process idle
+                    kp, kv = renoise_step(kernel_cld, kp, kv, p_new, t, t_next, renoise, knoise, kz)
         else:
             x, v = reverse_step(image_cld, x, v, s, dtau, noise)
             kp, kv = reverse_step(kernel_cld, kp, kv, sk, dtau, knoise)

@@ -252,6 +252,44 @@ def defocus_kernel(size: int, radius: float) -> torch.Tensor:
     return _defocus64(size, float(radius)).float()
 
 
+def line_kernel(size: int, length: float, angle: float) -> torch.Tensor:
+    """Linear (constant-velocity) motion blur (K, K) float64: a segment of ``length`` px at
+    ``angle`` (radians, x towards y), centred on the centre pixel, bilinearly splatted and lightly
+    smoothed like :func:`motion_kernel` (3x3 Gaussian, sigma 0.5: sub-pixel rasterisation)."""
+    _check_size(size)
+    c = (size - 1) / 2
+    if not 0 <= length <= 2 * (c - 1):
+        raise KernelError(f"length must lie in [0, {2 * (c - 1)}], got {length}")
+    n = max(2, math.ceil(length * 4) + 1)
+    s = torch.linspace(-length / 2, length / 2, n, dtype=torch.float64)
+    pts = torch.stack([c + s * math.cos(angle), c + s * math.sin(angle)], dim=-1)[None]
+    k = _gauss3(_splat(pts, size))
+    return (k / k.sum())[0, 0]
+
+
+def moment_matched_gaussian(k: torch.Tensor) -> torch.Tensor:
+    """The Gaussians (B, 1, K, K) float64 with the same centre and covariance as kernels k: the
+    same blur *amount and direction* without the shape (a reference to test the shape against).
+    Standard deviations are floored at 0.2 px."""
+    _check_batch(k)
+    size = k.shape[-1]
+    out = []
+    for i in range(k.shape[0]):
+        a = k[i, 0].double().clamp_min(0)
+        a = a / a.sum()
+        x, y = _grid(size)
+        mx, my = (a * x).sum(), (a * y).sum()
+        cxx = (a * (x - mx) ** 2).sum()
+        cyy = (a * (y - my) ** 2).sum()
+        cxy = (a * (x - mx) * (y - my)).sum()
+        evals, evecs = torch.linalg.eigh(torch.stack([torch.stack([cxx, cxy]), torch.stack([cxy, cyy])]))
+        major = evecs[:, 1]
+        angle = math.atan2(float(major[1]), float(major[0]))
+        s1, s2 = (float(v) ** 0.5 if v > 0 else 0.0 for v in (evals[1], evals[0]))
+        out.append(_gaussian64(size, max(s1, 0.2), max(s2, 0.2), angle))
+    return torch.stack(out)[:, None]
+
+
 def _random_gaussian(size: int, g: torch.Generator) -> torch.Tensor:
     smax = max(0.5, (size - 1) / 8)
     sx = float(_uniform(1, 0.4, smax, g))

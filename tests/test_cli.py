@@ -79,7 +79,7 @@ def test_debug_flag_anywhere_is_accepted(tmp_path: Path) -> None:
     ("missing_folder", "does not exist"),
     ("bad_uri", "unsupported store URI scheme"),
     ("unknown_config", "no config 'nightly'"),
-    ("bad_enum", "restoration.kernel_init"),
+    ("bad_enum", "restoration.kernel_strategy"),
     ("yaml_syntax", "YAML syntax error"),
     ("overlap", "overlap"),
 ])
@@ -97,7 +97,7 @@ def test_user_errors_are_one_line_exit_2_and_create_nothing(tmp_path: Path, case
         config = "nightly"
     elif case == "bad_enum":
         config = str(tmp_path / "site.yaml")
-        Path(config).write_text("restoration:\n  kernel_init: bogus\n")
+        Path(config).write_text("restoration:\n  kernel_strategy: bogus\n")
     elif case == "yaml_syntax":
         config = str(tmp_path / "site.yaml")
         Path(config).write_text("restoration:\n  steps: [3\n")

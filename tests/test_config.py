@@ -13,7 +13,7 @@ from flows.config import (
     AlertSettings,
     ClusterSettings,
     ConfigError,
-    KernelInit,
+    KernelStrategy,
     Method,
     PipelineConfig,
     ReportSettings,
@@ -36,7 +36,7 @@ def _write(tmp_path: Path, text: str, name: str = "site.yaml") -> Path:
 
 
 @pytest.mark.parametrize(("section", "field", "values"), [
-    ("restoration", "kernel_init", get_args(KernelInit)),
+    ("restoration", "kernel_strategy", get_args(KernelStrategy)),
     ("restoration", "method", get_args(Method)),
 ])
 def test_every_invalid_enum_fails_at_load_with_file_and_line(tmp_path: Path, section: str, field: str,
@@ -123,7 +123,7 @@ MODEL = "image@1+kernel@1"
 PIXEL_CHANGES: dict[str, Any] = {
     "working_size": 96, "kernel_size": 13, "steps": 7, "noise_sigma": 0.03, "method": "paper",
     "image_guidance": 0.9, "kernel_guidance": 0.7, "prox_strength": 2.0, "renoise": 0.5,
-    "kernel_init": "classical", "kernel_t_start": 0.2, "bf16": False, "tile_size": 128, "tile_overlap": 8,
+    "kernel_strategy": "classical", "kernel_t_start": 0.2, "bf16": False, "tile_size": 128, "tile_overlap": 8,
 }
 NEUTRAL_CHANGES: dict[str, dict[str, Any]] = {
     "restoration": {"batch_size": 7, "tile_batch": 3},
