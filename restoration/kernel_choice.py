@@ -341,7 +341,7 @@ def parametric_bank(size: int) -> tuple[tuple[str, ...], Tensor]:
     labels: list[str] = []
     ks: list[Tensor] = []
     smax = max(0.35, (size - 1) / 6)
-    for sigma in torch.logspace(math.log10(0.3), math.log10(smax), 14).tolist():
+    for sigma in torch.logspace(math.log10(0.3), math.log10(smax), 14, dtype=torch.float64).tolist():
         for ratio in (1.0, 0.7, 0.45, 0.25):
             angles = (0.0,) if ratio == 1.0 else tuple(math.pi * i / 8 for i in range(8))
             for a in angles:
@@ -350,16 +350,23 @@ def parametric_bank(size: int) -> tuple[tuple[str, ...], Tensor]:
                 ks.append(kern._gaussian64(size, sigma, s2, a))
     lmax = 2 * ((size - 1) / 2 - 1)
     if lmax >= 1.5:
-        for length in torch.logspace(math.log10(1.5), math.log10(lmax), 12).tolist():
+        for length in torch.logspace(math.log10(1.5), math.log10(lmax), 12, dtype=torch.float64).tolist():
             for i in range(12):
                 a = math.pi * i / 12
                 labels.append(f"motion L={length:.1f} a={math.degrees(a):.0f}")
                 ks.append(kern.line_kernel(size, length, a))
     rmax = (size - 1) / 2
-    for radius in torch.linspace(0.75, rmax, max(2, int(rmax * 2))).tolist():
+    for radius in torch.linspace(0.75, rmax, max(2, int(rmax * 2)), dtype=torch.float64).tolist():
         labels.append(f"disc r={radius:.2f}")
         ks.append(kern._defocus64(size, radius))
     return tuple(labels), torch.stack(ks)[:, None]
+
+
+@lru_cache(maxsize=8)
+def _bank_power(size: int, shape: tuple[int, int], nb: int) -> Tensor:
+    """signal_power of the whole bank on one canvas (cached: the bank's FFTs dominate otherwise)."""
+    spec = GradientSpectrum(torch.empty(0), torch.empty(0), torch.empty(0), shape, nb)
+    return signal_power(parametric_bank(size)[1], spec)
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -386,7 +393,7 @@ def parametric_candidate(
 ) -> Candidate:
     """Best member of :func:`parametric_bank` by the Whittle score, per frame."""
     labels, bank = parametric_bank(size)
-    kp = signal_power(bank, spec)
+    kp = _bank_power(size, spec.shape, spec.bin)
     out, names = [], []
     for i in range(y.shape[0]):
         nll, _, _ = whittle_nll(spec.power[i], spec.laplace, spec.weight, kp, basis=spec.angular)

@@ -258,7 +258,7 @@ def line_kernel(size: int, length: float, angle: float) -> torch.Tensor:
     smoothed like :func:`motion_kernel` (3x3 Gaussian, sigma 0.5: sub-pixel rasterisation)."""
     _check_size(size)
     c = (size - 1) / 2
-    if not 0 <= length <= 2 * (c - 1):
+    if not 0 <= length <= 2 * (c - 1) + 1e-6:
         raise KernelError(f"length must lie in [0, {2 * (c - 1)}], got {length}")
     n = max(2, math.ceil(length * 4) + 1)
     s = torch.linspace(-length / 2, length / 2, n, dtype=torch.float64)

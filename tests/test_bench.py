@@ -114,3 +114,35 @@ def test_frames_without_truth_and_bad_arguments(tiny_set: Path, tmp_path: Path) 
                  "--no-progress"]) == 2  # fmt: skip
     assert main(["--data", str(bare), "--methods", "magic", "--out", str(out)]) == 2
     assert np.isfinite(df["seconds"]).all()
+
+
+def test_near_sharp_suite_extends_a_set_and_harm_is_counted(tmp_path: Path) -> None:
+    from flows.bench import SUITE_KERNELS, near_sharp_kernel
+
+    for i in range(12):  # identity, Gaussian sigma <= 0.6 or motion <= 3 px: little spread
+        k = near_sharp_kernel(15, torch.Generator().manual_seed(i))[0, 0]
+        assert abs(float(k.sum()) - 1) < 1e-9
+        r = torch.arange(15, dtype=torch.float64) - 7
+        spread = float((k.sum(0) * r**2).sum() + (k.sum(1) * r**2).sum()) ** 0.5
+        assert spread <= 1.6
+    assert list(SUITE_KERNELS)[:3] == ["motion", "gaussian", "motion+occlusion"]  # seeds stay put
+    root = tmp_path / "set"
+    store = open_store(root)
+    small = BenchSpec(suites=("gaussian",), frames_per_suite=2, size=48, fonts=FONTS)
+    generate_set(store, small, progress=False)
+    before = _files(root)
+    generate_set(store, BenchSpec(suites=("gaussian", "near-sharp"), frames_per_suite=2, size=48,
+                                  fonts=FONTS), progress=False)  # fmt: skip
+    after = _files(root)
+    assert all(after[k] == v for k, v in before.items() if MANIFEST not in k)  # frames untouched
+    assert "near-sharp/f001.png" in after
+    out = tmp_path / "out"
+    assert main(["--set", str(root), "--suites", "near-sharp", "--frames-per-suite", "2", "--size", "48",
+                 "--methods", "blurred,oracle-wiener", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    df = pd.read_parquet(out / "results.parquet")
+    assert set(df["suite"]) == {"near-sharp"}
+    blurred = df[df["method"] == "blurred"]
+    assert (blurred["harmed"] == 0).all() and (blurred["shift_px"] < 0.5).all()
+    assert np.allclose(blurred["psnr_input"], blurred["psnr"])
+    text = (out / "results.md").read_text()
+    assert "frames harmed" in text and "gap to oracle-cvsa" in text
