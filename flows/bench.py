@@ -308,6 +308,7 @@ SUITE_FRAMES: dict[str, Callable[[BenchSpec, str, int], tuple[dict[str, bytes], 
     "motion": _classic_files,
     "gaussian": _classic_files,
     "motion+occlusion": _classic_files,
+    "near-sharp": _classic_files,
     "native-motion": _native_files,
     "native-gaussian": _native_files,
 }
