@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.remove("--debug")
     args = build_parser(_command(argv)).parse_args(argv)
     args.debug = debug
+    # Prefect's temporary server gets 20 s to start by default: too little on a busy host (seen:
+    # the demo failing while other jobs loaded 2 cores). Set before Prefect is imported; the
+    # operator's own value wins.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if debug:
         return int(args.func(args) or 0)
     from flows.errors import UserError, describe
