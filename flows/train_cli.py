@@ -180,11 +180,58 @@ def native_bank(spec: dict[str, Any], fonts: list[str], cache_dir: Path,
         return [torch.from_numpy(z[f"arr_{i}"]) for i in range(len(z.files))]
 
 
-def image_sources(data: dict[str, Any], cache_dir: Path, progress: bool = True
-                  ) -> tuple[list[torch.Tensor], list[float]]:
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Real-photo folders the benches validate on (public-photos/README): refused as training data.
+VALIDATION_PHOTO_SETS = frozenset({"LIVE1", "BSD68"})
+
+
+def _jitter(img: np.ndarray, g: np.random.Generator) -> np.ndarray:
+    """Colour jitter of an (H, W, 3) uint8 photo: per-channel gain 0.85-1.15, a tone curve
+    gamma 0.8-1.25 and a saturation change 0.7-1.3 (what other cameras and lights give)."""
+    x = img.astype(np.float64) / 255.0
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * g.uniform(0.7, 1.3)
+    x = np.clip(x * g.uniform(0.85, 1.15, size=3), 0.0, 1.0) ** g.uniform(0.8, 1.25)
+    return (x * 255.0 + 0.5).astype(np.uint8)
+
+
+def photo_bank(spec: dict[str, Any], photos_dir: Path | None, crop: int) -> list[torch.Tensor]:
+    """Real photographs as (3, H, W) uint8: every image of the `folders` under `photos_dir`
+    (grey replicated to three channels) at each of `scales` (antialiased), each scale once
+    as is and `jitter` more times colour-jittered (seeded by `seed`). Scaled copies smaller
+    than `crop` are left out. The folder is given on the command line (`--photos`)."""
+    from PIL import Image
+
+    if photos_dir is None:
+        raise TrainCLIError("a 'photos' data source needs --photos DIR")
+    held_out = set(spec["folders"]) & VALIDATION_PHOTO_SETS
+    if held_out:
+        raise TrainCLIError(f"{sorted(held_out)} are validation sets: never trained on")
+    g = np.random.default_rng(int(spec.get("seed", 0)))
+    out: list[torch.Tensor] = []
+    for folder in spec["folders"]:
+        files = sorted(f for f in (photos_dir / folder).iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
+        if not files:
+            raise TrainCLIError(f"no photographs in {photos_dir / folder}")
+        for f in files:
+            with Image.open(f) as im:
+                rgb = im.convert("RGB")
+            for scale in spec.get("scales", [1.0]):
+                size = (round(rgb.width * scale), round(rgb.height * scale))
+                if min(size) < crop:
+                    continue
+                base = np.asarray(rgb.resize(size, Image.Resampling.LANCZOS) if scale != 1 else rgb)
+                versions = [base] + [_jitter(base, g) for _ in range(int(spec.get("jitter", 1)))]
+                out += [torch.from_numpy(v.transpose(2, 0, 1).copy()) for v in versions]
+    return out
+
+
+def image_sources(data: dict[str, Any], cache_dir: Path, progress: bool = True,
+                  photos_dir: Path | None = None) -> tuple[list[torch.Tensor], list[float]]:
     """The images of `data.sources` and per-image sampling weights (each source's `weight`
     split evenly over its images). Kinds: `scene` (render_canvas at render_size, as
-    `image_bank`) and `native` (`native_bank`)."""
+    `image_bank`), `native` (`native_bank`) and `photos` (`photo_bank`, real photographs
+    from `photos_dir`)."""
     fonts = training_fonts(data.get("fonts", DEFAULT_FONT_GLOBS))
     images: list[torch.Tensor] = []
     weights: list[float] = []
@@ -195,8 +242,11 @@ def image_sources(data: dict[str, Any], cache_dir: Path, progress: bool = True
                                    cache_dir, progress))
         elif kind == "native":
             part = native_bank(src, fonts, cache_dir, progress)
+        elif kind == "photos":
+            part = photo_bank(src, photos_dir, int(data["crop"]))
         else:
-            raise TrainCLIError(f"data source kind must be 'scene' or 'native', got {kind!r}")
+            raise TrainCLIError(
+                f"data source kind must be 'scene', 'native' or 'photos', got {kind!r}")
         w = float(src.get("weight", 1.0))
         images += part
         weights += [w / len(part)] * len(part)
@@ -262,6 +312,16 @@ def _final_loss(losses: list[tuple[int, float]], window: int = 10) -> float | No
     return float(sum(tail) / len(tail))
 
 
+def _data_source(data: dict[str, Any]) -> str:
+    photos = [f for src in data.get("sources", []) if src.get("kind") == "photos"
+              for f in src["folders"]]
+    if photos:
+        return ("project renders (restoration.synthetic) and real photographs: "
+                + ", ".join(photos) + " (public test sets; never LIVE1 or BSD68)")
+    return ("project-generated only (restoration.synthetic renders / "
+            "restoration.kernels generators); no external data")
+
+
 def prior_metadata(cfg: RunConfig, state: TrainState, command: str) -> dict[str, Any]:
     """JSON metadata stored beside the exported weights."""
     return {
@@ -269,8 +329,7 @@ def prior_metadata(cfg: RunConfig, state: TrainState, command: str) -> dict[str,
         "net": cfg.net,
         "cld": cfg.cld,
         "data": {k: v for k, v in cfg.data.items() if k != "fonts"}
-        | {"source": "project-generated only (restoration.synthetic renders / "
-                     "restoration.kernels generators); no external data"},
+        | {"source": _data_source(cfg.data)},
         "train": asdict(cfg.train),
         "steps": state.step,
         "wall_time_s": round(state.wall_time_s, 1),
@@ -302,6 +361,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None,
                    help="warm start a fresh run from these weights: 'shipped' or a "
                         "<prior>.safetensors path (its .json beside it); ignored on resume")
+    p.add_argument("--photos", type=Path, default=None,
+                   help="folder holding the photo folders a 'photos' data source names")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when available)")
@@ -369,7 +430,7 @@ def train_main(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     if cfg.prior == "image" and "sources" in cfg.data:
-        images, weights = image_sources(cfg.data, args.cache_dir, progress)
+        images, weights = image_sources(cfg.data, args.cache_dir, progress, args.photos)
         batches = crop_batches(images, cfg.train.batch_size, int(cfg.data["crop"]),
                                state.data_generator, weights=weights)
     elif cfg.prior == "image":
@@ -383,7 +444,8 @@ def train_main(args: argparse.Namespace) -> int:
     # Data order after a resume continues from the saved data generator state.
     command = (f"checkout-restore train --prior {args.prior} --config {args.config} "
                f"--out {args.out}" + (f" --steps {args.steps}" if args.steps else "")
-               + (f" --init-from {args.init_from}" if args.init_from else ""))
+               + (f" --init-from {args.init_from}" if args.init_from else "")
+               + (f" --photos {args.photos.name}" if args.photos else ""))
 
     def on_log(step: int, loss: float) -> None:
         with (out / "loss.csv").open("a") as f:
