@@ -2,7 +2,7 @@
 
 Each actor (:class:`RestoreWorker` under ``ray.remote``) loads the two shipped priors once in
 ``__init__``, then for every batch it reads and decodes the frames (CPU side), restores the batch
-as one vectorised call of :class:`flows.restorer.FrameRestorer`, writes ``restored/<id>.png`` and
+as one vectorised call of :class:`restoration.service.FrameRestorer`, writes ``restored/<id>.png`` and
 ``kernels/<id>.npy|.png``, records each frame in the ledger and *returns* the report rows. A bad
 frame becomes a ``quarantined`` row with its reason; nothing a frame contains can fail a batch.
 
@@ -17,7 +17,7 @@ Ray runs in-process by default (:func:`ensure_ray`), bound to loopback only; ``R
 ``cluster.address`` connects to an existing cluster instead. Credentials are never handed to Ray:
 actors of a local instance inherit the driver's environment, cluster nodes use their own.
 ``cluster.resources`` places actors by custom resource; GPU actors pick their device and size
-their calls by memory (:mod:`flows.device`).
+their calls by memory (:mod:`restoration.device`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from flows.config import ClusterSettings, RestorationSettings
+from flows.config import ClusterSettings
+from restoration.settings import RestorationSettings
 from storage.errors import FrameError, StorageError
 from storage.sidecars import FrameRef
 
@@ -63,7 +64,7 @@ NAN = float("nan")
 RestorerFactory = Callable[[RestorationSettings, str], Any]
 """Builds the batch restorer in the actor: ``factory(settings, device)`` -> an object with
 ``model_version`` and ``__call__(list[FrameInput]) -> list[FrameOutput]``. Default:
-:class:`flows.restorer.FrameRestorer` (both shipped priors)."""
+:class:`restoration.service.FrameRestorer` (both shipped priors)."""
 
 FaultHook = Callable[[str], None]
 """Test-only: called in the worker with a frame's key after its outputs are written and before
@@ -115,15 +116,15 @@ class RestoreWorker:
                  restorer_factory: RestorerFactory | None = None) -> None:
         import torch
 
-        from flows.device import choose_device
-        from flows.restorer import FrameRestorer
+        from restoration.device import choose_device
+        from restoration.service import FrameRestorer
         from storage.stores import open_store
 
         torch.set_num_threads(max(1, threads))  # one actor per core share, no oversubscription
         self._settings = RestorationSettings.model_validate(settings)
         self._device = choose_device(device, torch.cuda.is_available(), torch.cuda.device_count())
         self._restorer = (restorer_factory or FrameRestorer)(self._settings, str(self._device))
-        # GPU: frames per vectorised call bounded by measured memory (flows/device.py); CPU: no bound.
+        # GPU: frames per vectorised call bounded by measured memory (restoration/device.py); CPU: no bound.
         self._pixel_budget = self._measure_pixel_budget() if self._device.type == "cuda" else None
         self._ctx = ctx
         self._source = open_store(ctx.source_uri, read_only=True)
@@ -139,8 +140,8 @@ class RestoreWorker:
         """Probe the restorer's peak GPU memory (1 and 2 frames, one step) -> pixels per call."""
         import torch
 
-        from flows.device import probe_memory
-        from flows.restorer import FrameInput, FrameRestorer
+        from restoration.device import probe_memory
+        from restoration.service import FrameInput, FrameRestorer
 
         if not isinstance(self._restorer, FrameRestorer):
             return None  # a test's stand-in restorer: nothing to measure
@@ -205,8 +206,8 @@ class RestoreWorker:
         """Restore ``items`` in one call; if that call fails, frame by frame to find the culprit.
         On a GPU the batch is first split into calls that fit its memory (per-frame results do not
         depend on batch mates, so the split changes nothing but the peak memory)."""
-        from flows.device import split_by_pixels
-        from flows.restorer import FrameInput
+        from restoration.device import split_by_pixels
+        from restoration.service import FrameInput
 
         if not items:
             return []

@@ -25,7 +25,7 @@ Methods (a literal table, :data:`METHODS`): ``blurred`` (the input), ``classical
 (Pan et al. 2014 L0 blind deconvolution, :mod:`restoration.classical`), ``oracle-wiener``
 (Wiener with the true kernel: a reference, not a rival), ``oracle-cvsa`` (non-blind proximal
 CVSA with the true kernel and the shipped image prior: the ceiling for blind CVSA),
-``blind-cvsa`` (the product: :class:`flows.restorer.FrameRestorer` with the pipeline config's
+``blind-cvsa`` (the product: :class:`restoration.service.FrameRestorer` with the pipeline config's
 restoration settings and both shipped priors). Every method returns 8-bit images (what a user
 saves), scored against the truth: PSNR / SSIM on [0, 1] RGB (scikit-image conventions), PSNR
 inside / outside the occlusion mask, kernel-MSE and kernel NCC as docs/design.md §7 defines them on a
@@ -56,7 +56,7 @@ import torch
 from scipy import ndimage
 
 from flows.bench_native import ALIASES, CODES_SUFFIX, native_files
-from flows.config import RestorationSettings, load_config, model_noise_sigma
+from flows.config import load_config
 from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from restoration import kernels as kern
 from restoration.classical import classical_blind, wiener_deconv
@@ -72,6 +72,7 @@ from restoration.metrics import (
 )
 from restoration.operators import blur
 from restoration.rng import generator_for
+from restoration.settings import RestorationSettings, model_noise_sigma
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
 from storage.base import ObjectStore
 from storage.frames import load_frame
@@ -393,8 +394,8 @@ class BenchContext:
     def sigma(self, frames: list[BenchFrame]) -> torch.Tensor:
         """Noise std per frame on the [-1, 1] scale (B,): the setting (given on [0, 1]), or each
         frame's own estimate when it is 'auto' -- the same rule as the pipeline's restorer."""
-        from flows.restorer import QUANTISATION_SIGMA
         from restoration.noise import estimate_noise_sigma
+        from restoration.service import QUANTISATION_SIGMA
 
         if self.settings.noise_sigma == "auto":
             return estimate_noise_sigma(_cat(frames, "y") * 2 - 1, _masks(frames), QUANTISATION_SIGMA)
@@ -458,8 +459,8 @@ def method_oracle_wiener(frames: list[BenchFrame], ctx: BenchContext) -> MethodO
 
 def method_oracle_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutput:
     """Non-blind (proximal) CVSA with the TRUE kernel and the shipped image prior."""
-    from flows.restorer import autocast_score
     from restoration.cvsa import restore_blind
+    from restoration.service import autocast_score
     from restoration.tiling import tiled_score
 
     k = _true_kernel(frames, "oracle-cvsa")
@@ -483,9 +484,9 @@ def method_oracle_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOut
 def method_blind_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutput:
     """The product: blind CVSA through the pipeline's FrameRestorer with its default settings."""
     try:
-        from flows.restorer import FrameInput, FrameRestorer
+        from restoration.service import FrameInput, FrameRestorer
     except ImportError as exc:
-        raise BenchError(f"blind-cvsa needs flows.restorer.FrameRestorer: {exc}") from exc
+        raise BenchError(f"blind-cvsa needs restoration.service.FrameRestorer: {exc}") from exc
     restorer = FrameRestorer(ctx.settings, device=ctx.device, priors=ctx.priors())
     inputs = [
         FrameInput(

@@ -2,7 +2,7 @@
 memory of one frame restored at its own resolution, per frame size.
 
 Each size runs in a fresh Python process (so its peak resident set size is its own): the actor's
-unit of work, :class:`flows.restorer.FrameRestorer` with the chosen config's restoration settings
+unit of work, :class:`restoration.service.FrameRestorer` with the chosen config's restoration settings
 (noise estimate, kernel estimation and whatever kernel candidates the config runs, the tiled CVSA
 sampler), on one synthetic checkout frame of that size (a held-out render, blurred by a 21-px
 motion kernel with valid convolution, noise std 0.01, 8-bit). Reported: the restore call's wall
@@ -68,7 +68,7 @@ def measure_one(width: int, height: int, config: str, threads: int, device: str,
     import torch
 
     from flows.config import load_config
-    from flows.restorer import FrameInput, FrameRestorer
+    from restoration.service import FrameInput, FrameRestorer
 
     torch.set_num_threads(threads)
     settings = load_config(config).restoration

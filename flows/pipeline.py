@@ -440,7 +440,7 @@ def codes_line(summary: dict[str, Any]) -> str:
 
 def expected_model_version(config: PipelineConfig, restorer_factory: RestorerFactory | None) -> str:
     """The model version the actors will report (loads the priors once in this process)."""
-    from flows.restorer import FrameRestorer
+    from restoration.service import FrameRestorer
 
     return (restorer_factory or FrameRestorer)(config.restoration, "cpu").model_version
 
@@ -505,7 +505,7 @@ def run_pipeline(
     lease_wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """The body of ``restore-frames``; call it inside a flow run. ``fault_hook`` (tests) is passed
-    to every actor; ``restorer_factory`` replaces :class:`flows.restorer.FrameRestorer`.
+    to every actor; ``restorer_factory`` replaces :class:`restoration.service.FrameRestorer`.
 
     The run holds the destination's run lease (:mod:`storage.lease`) from discovery to the report;
     a second run waits ``lease_wait_s`` seconds for it, then stops with :class:`LeaseHeldError`.

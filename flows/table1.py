@@ -136,7 +136,7 @@ class MethodContext:
         return self._prior
 
     def score(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        from flows.restorer import autocast_score
+        from restoration.service import autocast_score
 
         return autocast_score(self.prior(), self.settings.bf16)
 

@@ -1,7 +1,7 @@
 """GPU readiness, checked on CPU: device choice, bf16 choice, transfers, memory-bounded batches.
 
 The CUDA branches are plain functions of numbers here; the one piece that needs a GPU
-(:func:`flows.device.probe_memory`) has not run in this project (docs/scaling.md).
+(:func:`restoration.device.probe_memory`) has not run in this project (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipeline_frames import write_frames
 
 from flows.actors import RestoreWorker, RunContext
 from flows.config import load_config
-from flows.device import (
+from restoration.device import (
     DeviceError,
     MemoryModel,
     choose_device,

@@ -122,8 +122,8 @@ def test_blind_cvsa_with_kernel_process_on_a_smaller_canvas(method: str) -> None
 def test_restorer_runs_large_kernels_on_the_kernel_priors_canvas() -> None:
     from types import SimpleNamespace
 
-    from flows.restorer import FrameRestorer
     from restoration.priors import load_shipped
+    from restoration.service import FrameRestorer
 
     stub = SimpleNamespace(kernel_prior=load_shipped("kernel"))
     trained = int(stub.kernel_prior.meta["data"]["size"])

@@ -9,11 +9,11 @@ import typing
 import pytest
 import torch
 
-from flows.config import KernelStrategy
 from restoration import kernel_choice as kc
 from restoration.kernels import centre_of_mass, gaussian_kernel, line_kernel
 from restoration.metrics import registration_shift
 from restoration.operators import blur
+from restoration.settings import KernelStrategy
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
 
 FONTS = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))

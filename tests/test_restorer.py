@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flows.config import load_config
-from flows.restorer import FrameInput, FrameRestorer, kernel_region
 from restoration.priors import load_shipped
+from restoration.service import FrameInput, FrameRestorer, kernel_region
 
 
 @pytest.fixture(scope="module")

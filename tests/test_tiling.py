@@ -71,7 +71,7 @@ def test_tiling_of_the_shipped_prior_has_no_seams_and_is_per_sample() -> None:
 
 
 def test_channels_last_layout_is_the_same_score() -> None:
-    from flows.restorer import autocast_score
+    from restoration.service import autocast_score
 
     prior = load_shipped("image")
     g = torch.Generator().manual_seed(3)

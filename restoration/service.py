@@ -1,4 +1,5 @@
-"""Frames in, restored frames out: the unit of work a Ray actor runs (one vectorised batch).
+"""The restoring service: frames in, restored frames out, the unit of work a Ray actor runs (one
+vectorised batch; also what the bench's blind-cvsa method calls).
 
 Frames of any size and aspect are restored at their own resolution: the output keeps the input's
 pixels and detail (nothing is downscaled and scaled back). Per frame:
@@ -25,15 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flows.config import RestorationSettings, model_noise_sigma
-from flows.device import to_device, use_bf16
 from restoration.cvsa import restore_blind
+from restoration.device import to_device, use_bf16
 from restoration.kernel_choice import KERNEL_STRATEGIES, USES_KERNEL_PRIOR, KernelPlan
 from restoration.kernels import kernel_extent
 from restoration.metrics import sharpness_gain
 from restoration.noise import estimate_noise_sigma
 from restoration.priors import Prior, load_shipped
 from restoration.rng import generator_for
+from restoration.settings import RestorationSettings, model_noise_sigma
 from restoration.tiling import tiled_score
 
 

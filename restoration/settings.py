@@ -1,0 +1,89 @@
+"""Restoration settings: the typed numbers the restoring service (restoration/service.py) hands to
+the samplers, with their defaults (the one place they live).
+
+Pure values: this module reads no file, URI or environment variable (docs/design.md §2). The
+pipeline's YAML is validated into these models at the edge by flows/config.py, which nests
+:class:`RestorationSettings` in its ``PipelineConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Method = Literal["proximal", "paper"]
+#: names of restoration.kernel_choice.KERNEL_STRATEGIES (a test keeps the two in step)
+KernelStrategy = Literal["select", "identity", "parametric", "classical", "classical-prior", "prior"]
+
+
+def model_noise_sigma(noise_sigma: float) -> float:
+    """The one conversion of a noise std from the settings' [0, 1] intensity scale to the [-1, 1]
+    scale the priors and samplers work on (x_model = 2 x - 1, so the std doubles)."""
+    return 2.0 * noise_sigma
+
+
+class Frozen(BaseModel):
+    """Immutable, and unknown keys are errors (a typo in a YAML file fails at load)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RestorationSettings(Frozen):
+    """Numbers handed to the blind sampler by the restoring service (restoration/service.py).
+
+    Every field except those in :attr:`PIXEL_NEUTRAL` changes the restored pixels and so enters
+    :meth:`PipelineConfig.config_hash` (the ledger's idempotency key).
+    """
+
+    # per-sample restoration: batch mates (frames, or score tiles) never change a frame's pixels
+    PIXEL_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"batch_size", "tile_batch"})
+
+    working_size: int = Field(256, ge=16, description="side of the native-pixel region the kernel is "
+                              "estimated on; frames are always restored at their own size")
+    kernel_size: int = Field(41, ge=3, le=63, description="odd side of the estimated blur kernel, native px")
+    steps: int = Field(30, ge=1, description="reverse-diffusion steps of the sampler")
+    noise_sigma: float | Literal["auto"] = Field(
+        "auto", description="noise std of the input on the [0, 1] intensity scale; 'auto' estimates it per "
+        "frame (median absolute deviation of the finest diagonal wavelet band, restoration/noise.py); "
+        "the samplers get model_noise_sigma(): the [-1, 1] scale")
+    tile_size: int = Field(256, ge=16, description="the image score network runs on tiles of this side, px")
+    tile_overlap: int = Field(32, ge=0, description="overlap of neighbouring score tiles, px (blended)")
+    tile_batch: int = Field(4, ge=1, description="score tiles per network call (bounds memory)")
+    method: Method = Field("proximal", description="blind sampler variant")
+    image_guidance: float = Field(1.0, ge=0, description="proximal: share of the data-consistent image step")
+    kernel_guidance: float = Field(0.5, ge=0, description="proximal: blend of the kernel update into k0_hat")
+    prox_strength: float = Field(1.0, gt=0, description="lambda in rho_t = lambda sigma^2 / Var(x0 | u_t)")
+    renoise: float = Field(1.0, ge=0, le=1, description="proximal: fresh-noise share of the CLD renoise step")
+    kernel_strategy: KernelStrategy = Field(
+        "select", description="which kernel restores a frame (kernel_choice.KERNEL_STRATEGIES)")
+    kernel_t_start: float = Field(0.0, ge=0, le=1, description="least-squares kernel refinement below this t")
+    batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
+    bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd (the kernel has a centre pixel), got {v}")
+        return v
+
+    @field_validator("noise_sigma")
+    @classmethod
+    def _sigma(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and not 0 < v <= 0.5:
+            raise ValueError(f"must be 'auto' or a number in (0, 0.5], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _compatible(self) -> RestorationSettings:
+        if self.kernel_size >= self.working_size:
+            raise ValueError(f"kernel_size {self.kernel_size} must be smaller than working_size "
+                             f"{self.working_size} (the region the kernel is estimated on)")
+        if self.tile_size <= 2 * self.tile_overlap:
+            raise ValueError(f"tile_size {self.tile_size} must exceed twice tile_overlap {self.tile_overlap}")
+        return self
+
+    def pixel_settings(self) -> dict[str, Any]:
+        """The settings that change restored pixels (everything but :attr:`PIXEL_NEUTRAL`)."""
+        return self.model_dump(exclude=set(self.PIXEL_NEUTRAL))
