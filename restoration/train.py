@@ -7,7 +7,7 @@ and then over the batch. The velocity score is then -eps_theta / L22(t) (docs/de
 
 This module is pure tensor code: it takes a data iterator and callbacks and never touches
 files. Checkpoint bytes are produced here (`training_state_bytes`) and written by the caller
-(flows/train_cli.py).
+(flows/cli/train.py).
 """
 
 from __future__ import annotations

@@ -10,14 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from flows.bench import (
-    MANIFEST,
-    BenchError,
-    BenchSpec,
-    generate_set,
-    hand_occluder,
-    main,
-)
+from flows.evaluation.bench import main
+from flows.evaluation.frames import BenchError
+from flows.evaluation.suites import MANIFEST, BenchSpec, generate_set, hand_occluder
 from flows.fonts import find_fonts
 from storage.stores import open_store
 
@@ -117,7 +112,7 @@ def test_frames_without_truth_and_bad_arguments(tiny_set: Path, tmp_path: Path) 
 
 
 def test_near_sharp_suite_extends_a_set_and_harm_is_counted(tmp_path: Path) -> None:
-    from flows.bench import SUITE_KERNELS, near_sharp_kernel
+    from flows.evaluation.suites import SUITE_KERNELS, near_sharp_kernel
 
     for i in range(12):  # identity, Gaussian sigma <= 0.6 or motion <= 3 px: little spread
         k = near_sharp_kernel(15, torch.Generator().manual_seed(i))[0, 0]

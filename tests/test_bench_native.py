@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.bench import BenchSpec, generate_set, main
-from flows.bench_sizes import SizeBenchError, bench_sizes, parse_sizes, size_frame
+from flows.evaluation.bench import main
+from flows.evaluation.bench_sizes import SizeBenchError, bench_sizes, parse_sizes, size_frame
+from flows.evaluation.suites import BenchSpec, generate_set
 from restoration.codes import codes_agree, decode_codes
 from restoration.rng import generator_for
 from restoration.synthetic.coded import native_frame

@@ -24,10 +24,10 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy.ndimage import convolve
 
-from flows.dashboard import (
+from flows.cli.dashboard import add_dashboard_parser
+from flows.reports.dashboard import (
     CHROMIUM,
     ReportsServer,
-    add_dashboard_parser,
     headless_chromium,
     start_dashboard,
     take_screenshot,

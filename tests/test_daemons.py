@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.bridge_sqs import bridge, check_queue
-from flows.daemon import Backoff
 from flows.errors import UserError
-from flows.pipeline import Progress  # imports Prefect, which sets up logging: before caplog does
-from flows.upload_events import EventEmitError, FrameUpload
-from flows.watch import watch
+from flows.pipeline.bridge_sqs import bridge, check_queue
+from flows.pipeline.daemon import Backoff
+from flows.pipeline.flow import Progress  # imports Prefect, which sets up logging: before caplog does
+from flows.pipeline.upload_events import EventEmitError, FrameUpload
+from flows.pipeline.watch import watch
 from storage.errors import StoreAccessError
 from storage.stores import open_store
 

@@ -92,7 +92,7 @@ def test_serve_nightly_and_one_debounced_upload_run(server: tuple[str, dict[str,
     source_uri = open_store(src).uri
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
-        serve = subprocess.Popen([sys.executable, "-m", "flows.pipeline_cli", "serve", "--source", str(src),
+        serve = subprocess.Popen([sys.executable, "-m", "flows.cli.pipeline", "serve", "--source", str(src),
                                   "--dest", str(dst), "--config", CONFIG], env=env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -126,7 +126,7 @@ def test_serve_nightly_and_one_debounced_upload_run(server: tuple[str, dict[str,
 
             # A burst of three uploads, announced by the poller: three events, one run.
             write_frames(open_store(src), ["lane1/a", "lane1/b", "lane2/c"], truth=False, seed=40)
-            watch = subprocess.run([sys.executable, "-m", "flows.pipeline_cli", "watch", "--source", str(src),
+            watch = subprocess.run([sys.executable, "-m", "flows.cli.pipeline", "watch", "--source", str(src),
                                     "--once", "--state", str(tmp_path / "watch.json")], env=env,
                                    capture_output=True, text=True, timeout=60)
             assert watch.returncode == 0, watch.stderr[-3000:]

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from flows.bridge_sqs import bridge_once
 from flows.config import load_config
-from flows.deploy import upload_trigger
-from flows.upload_events import SOURCE_LABEL
+from flows.pipeline.bridge_sqs import bridge_once
+from flows.pipeline.deploy import upload_trigger
+from flows.pipeline.upload_events import SOURCE_LABEL
 from storage.stores import open_store
 
 DEPLOY = Path("deploy")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from pipeline_frames import write_frames
 
-from flows.actors import RestoreWorker, RunContext
 from flows.config import load_config
+from flows.pipeline.actors import RestoreWorker, RunContext
 from restoration.device import (
     DeviceError,
     MemoryModel,

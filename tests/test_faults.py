@@ -51,10 +51,10 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 from s3server import MotoS3
 
-import flows.actors
-from flows.actors import OWNER_FILE, ensure_ray
+import flows.pipeline.actors
 from flows.config import load_config
-from flows.pipeline import run_pipeline
+from flows.pipeline.actors import OWNER_FILE, ensure_ray
+from flows.pipeline.flow import run_pipeline
 from storage.base import ObjectStore
 from storage.images import encode_png
 from storage.lease import LEASE_KEY, LeaseHeldError, acquire
@@ -69,7 +69,7 @@ PLANTED_TOKEN = "planted-session-token-7c1e0b"  # a second secret, besides moto'
 
 
 def _psutil():  # type: ignore[no-untyped-def]
-    return flows.actors._psutil()
+    return flows.pipeline.actors._psutil()
 
 
 def _is_loopback(ip: str) -> bool:
@@ -194,7 +194,7 @@ def ray_base(s3_via_proxy: dict[str, str]) -> Iterator[Path]:
     ray.cloudpickle.register_pickle_by_value(pipeline_frames)
     base = Path(tempfile.mkdtemp(prefix="ckrt-", dir="/tmp"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(flows.actors, "LOCAL_TEMP_BASE", str(base))
+        mp.setattr(flows.pipeline.actors, "LOCAL_TEMP_BASE", str(base))
         mp.delenv("RAY_ADDRESS", raising=False)
         with ensure_ray(load_config("smoke").cluster) as local:
             assert local
@@ -397,7 +397,7 @@ def test_cli_run_listens_on_loopback_only_and_leaves_nothing(prefect_api: str, r
     bucket = _bucket(s3_via_proxy)
     src, dst = f"s3://{bucket}/inbox", f"s3://{bucket}/out"
     write_frames(open_store(src), ["p/a", "p/b", "p/c"], truth=False)
-    cmd = [sys.executable, "-m", "flows.pipeline_cli", "run", "--source", src, "--dest", dst,
+    cmd = [sys.executable, "-m", "flows.cli.pipeline", "run", "--source", src, "--dest", dst,
            "--config", "smoke"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_driver_env(prefect_api, s3_via_proxy), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -447,7 +447,7 @@ import sys, time, os
 from prefect import flow
 import ray, pipeline_frames
 ray.cloudpickle.register_pickle_by_value(pipeline_frames)
-from flows.pipeline import run_pipeline
+from flows.pipeline.flow import run_pipeline
 
 class Hang:
     def __init__(self, marker): self.marker = marker
@@ -496,14 +496,14 @@ def test_killed_driver_next_run_cleans_up_and_finishes(prefect_api: str, cfg: st
         dead_run = client.read_flow_run(uuid.UUID(held["flow_run_id"]))
         assert dead_run.state is not None and dead_run.state.is_running()
 
-    monkeypatch.setattr(flows.actors, "LOCAL_TEMP_BASE", "/tmp")  # where the dead driver's Ray lived
+    monkeypatch.setattr(flows.pipeline.actors, "LOCAL_TEMP_BASE", "/tmp")  # where the dead driver's Ray lived
     summary = _run(str(src), str(dst), cfg)  # the next run, right after
 
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(uuid.UUID(held["flow_run_id"])).state
     assert state is not None and state.is_crashed(), state
     assert not dead_dirs[0].exists()
-    assert flows.actors._processes_using(str(dead_dirs[0])) == []
+    assert flows.pipeline.actors._processes_using(str(dead_dirs[0])) == []
     # Frames the dead run committed stay done (skipped); the rest, the hanging one included, are
     # restored now: each exactly once.
     committed = {n for n in names

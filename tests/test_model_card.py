@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from flows.model_card import (
+from flows.evaluation.model_card import (
     GAIN_HISTORY,
     cmd_gain_curve,
     kernel_size_rows,

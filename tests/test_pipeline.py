@@ -20,10 +20,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 from s3server import MotoS3
 
-from flows.actors import ActorPool, RunContext, ensure_ray, fan_out
+from flows.cli.pipeline import main
 from flows.config import load_config
-from flows.pipeline import restore_frames, run_pipeline
-from flows.pipeline_cli import main
+from flows.pipeline.actors import ActorPool, RunContext, ensure_ray, fan_out
+from flows.pipeline.flow import restore_frames, run_pipeline
 from storage.errors import FrameError
 from storage.images import decode_frame
 from storage.keys import kernel_npy_key, kernel_png_key, ledger_key, restored_key
@@ -287,8 +287,8 @@ def _all_text(root: Path) -> str:
 def test_failed_run_is_reported_alerted_and_exits_non_zero(
         prefect_api: None, local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], log_lines: list[str]) -> None:
-    import flows.pipeline as pipeline_module
-    from flows.actors import PipelineError
+    import flows.pipeline.flow as pipeline_module
+    from flows.pipeline.actors import PipelineError
 
     src, dst = tmp_path / "inbox", tmp_path / "out"
     write_frames(open_store(src), ["a", "b"], truth=False)

@@ -13,12 +13,12 @@ import pytest
 from pipeline_frames import write_frames
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.actors import report_row
-from flows.bridge_sqs import NotificationError, bridge_once, parse_notification, uploads_for_source
 from flows.config import load_config
-from flows.deploy import build_deployments
-from flows.pipeline import Candidate, Discovery, plan_run, summarize
-from flows.upload_events import (
+from flows.pipeline.actors import report_row
+from flows.pipeline.bridge_sqs import NotificationError, bridge_once, parse_notification, uploads_for_source
+from flows.pipeline.deploy import build_deployments
+from flows.pipeline.flow import Candidate, Discovery, plan_run, summarize
+from flows.pipeline.upload_events import (
     SOURCE_LABEL,
     UPLOAD_EVENT,
     EventEmitError,
@@ -26,7 +26,7 @@ from flows.upload_events import (
     event_fields,
     prefect_emitter,
 )
-from flows.watch import WatchStateError, load_state, poll_once, save_state, watch
+from flows.pipeline.watch import WatchStateError, load_state, poll_once, save_state, watch
 from storage.ledger import LedgerEntry
 from storage.sidecars import FrameRef
 from storage.stores import open_store
@@ -189,7 +189,7 @@ def test_deployments_nightly_cron_and_debounced_upload_trigger(tmp_path: Path) -
     assert trigger.match.model_dump() == {SOURCE_LABEL: "file:///in"}
     assert (trigger.posture, trigger.threshold, trigger.within, trigger.schedule_after) == (
         "Reactive", 1, debounce, debounce)
-    assert nightly.entrypoint == upload.entrypoint == "flows.pipeline.restore_frames"
+    assert nightly.entrypoint == upload.entrypoint == "flows.pipeline.flow.restore_frames"
 
 
 # -- planning ----------------------------------------------------------------------------------

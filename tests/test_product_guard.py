@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.bench import main
+from flows.evaluation.bench import main
 
 HARM_DB = 0.3  # the bench's frames_harmed threshold
 

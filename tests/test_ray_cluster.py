@@ -68,7 +68,7 @@ def test_flow_on_external_cluster(cluster: RayCluster, tmp_path: Path) -> None:
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.pipeline_cli", "run", "--source", str(inbox), "--dest", str(out),
+        [sys.executable, "-m", "flows.cli.pipeline", "run", "--source", str(inbox), "--dest", str(out),
          "--config", str(_config(tmp_path))],
         env=env, capture_output=True, text=True, timeout=600, check=False, cwd=os.getcwd())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,7 +1,7 @@
 """Reliability and security of the storage layer and the restore worker, without Ray or Prefect
 (issue #12; the end-to-end fault injection is in tests/test_faults.py).
 
-The worker is the plain :class:`flows.actors.RestoreWorker` class (what Ray wraps) with a fake
+The worker is the plain :class:`flows.pipeline.actors.RestoreWorker` class (what Ray wraps) with a fake
 restorer, so every per-frame failure path runs in-process in milliseconds.
 """
 
@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 from pipeline_frames import make_frame, npy_bytes, write_frames
 
-from flows.actors import RestoreWorker, RunContext, frame_failure_row, truth_metrics
 from flows.config import load_config
-from flows.pipeline import find_frames, plan_run
+from flows.pipeline.actors import RestoreWorker, RunContext, frame_failure_row, truth_metrics
+from flows.pipeline.flow import find_frames, plan_run
 from flows.reports.html import make_thumbnail
 from storage import errors
 from storage.errors import InvalidKeyError, StorageError, StoreAccessError

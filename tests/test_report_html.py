@@ -17,7 +17,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.dashboard import ReportsServer, add_dashboard_parser, content_type, key_for_path, start_dashboard
+from flows.cli.dashboard import add_dashboard_parser
+from flows.reports.dashboard import (
+    ReportsServer,
+    content_type,
+    key_for_path,
+    start_dashboard,
+)
 from flows.reports.html import (
     KERNEL_MSE_DEFINITION,
     NO_REFERENCE_NOTE,

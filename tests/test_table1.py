@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from flows.bench import COLUMNS, main
 from flows.cli import main as cli_main
-from flows.table1 import METHOD_NAMES, parse_tasks
+from flows.evaluation.bench import main
+from flows.evaluation.scoring import COLUMNS
+from flows.evaluation.table1 import METHOD_NAMES, parse_tasks
 from restoration.tasks import TASK_NAMES
 from storage.images import decode_frame, encode_png
 from storage.sidecars import save_kernel

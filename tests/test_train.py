@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.train_cli import TrainCLIError, load_config, main
+from flows.cli.train import TrainCLIError, load_config, main
 from restoration.cld import CLD
 from restoration.priors import load_prior
 from restoration.score_net import build_eps_net

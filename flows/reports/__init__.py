@@ -1,2 +1,3 @@
-"""Report rendering (HTML pages, thumbnails, matplotlib plots) outside the bytes layer: storage/
-keeps only the writers (:mod:`storage.reports`)."""
+"""Report rendering (HTML pages from Jinja2 templates, thumbnails, matplotlib plots) and the
+dashboard that serves them, outside the bytes layer: storage/ keeps only the writers
+(:mod:`storage.reports`)."""

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from flows.daemon import Backoff
 from flows.errors import UserError
-from flows.upload_events import Emitter, EventEmitError, FrameUpload, is_frame_key
+from flows.pipeline.daemon import Backoff
+from flows.pipeline.upload_events import Emitter, EventEmitError, FrameUpload, is_frame_key
 from storage.errors import InvalidKeyError
 from storage.keys import validate_key
 from storage.s3 import parse_s3_uri

@@ -232,23 +232,6 @@ def take_screenshot(url: str, path: str | Path, *, size: tuple[int, int] = SCREE
     return out
 
 
-def add_dashboard_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``dashboard`` subcommand (``func`` = :func:`dashboard_main`)."""
-    parser = subparsers.add_parser(
-        "dashboard",
-        help="serve a destination's reports on 127.0.0.1",
-        description="Serve the HTML reports under DEST/reports/ on http://127.0.0.1:PORT/ (Ctrl-C stops).",
-    )
-    parser.add_argument("--dest", required=True, help="destination URI (path, file:// or s3://)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"TCP port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--screenshot", metavar="PNG", default=None,
-                        help="instead of serving: write a screenshot of the newest run's report "
-                             f"(headless {CHROMIUM}) to PNG and exit")
-    parser.set_defaults(func=dashboard_main)
-    return parser
-
-
 def dashboard_main(args: argparse.Namespace) -> int:
     """Serve until interrupted (prints the URL), or write ``--screenshot``. Returns the exit status."""
     from storage.reports import list_runs  # pulls in pandas: only when the command runs

@@ -9,7 +9,7 @@ The input is the observation the task's forward model produced (restoration/task
 frame (any size; valid-convolution model, --kernel a .npy summing to 1), a frame with missing
 pixels (--mask, 255 = observed; inpaint-box defaults to the centred box), a low-resolution frame
 (sr4), or for phase retrieval a float .npy of Fourier magnitudes (C, P, P) or (P, P), P = 3N/2.
-Methods and their fixed settings are those of the Table-1 bench (flows/table1.py).
+Methods and their fixed settings are those of the Table-1 bench (flows/evaluation/table1.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flows.table1 import METHODS, MethodContext, NotApplicable, Observation
+from flows.evaluation.table1 import METHODS, MethodContext, NotApplicable, Observation
 from restoration.tasks import TASK_NAMES, TASKS, TaskError, TaskParams
 from storage.errors import FrameError, StorageError
 from storage.images import decode_frame, decode_mask, encode_png

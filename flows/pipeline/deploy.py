@@ -22,8 +22,8 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
 from flows.config import PipelineConfig
-from flows.pipeline import restore_frames
-from flows.upload_events import SOURCE_LABEL, UPLOAD_EVENT
+from flows.pipeline.flow import restore_frames
+from flows.pipeline.upload_events import SOURCE_LABEL, UPLOAD_EVENT
 
 NIGHTLY = "nightly"
 ON_UPLOAD = "on-upload"

@@ -1,6 +1,6 @@
 """Subcommands ``run``, ``serve``, ``watch``, ``bridge-sqs`` and ``bench-pipeline``.
 
-Registered by :func:`add_pipeline_parsers` (``flows/cli.py`` lists it). Prefect, Ray and torch
+Registered by :func:`add_pipeline_parsers` (``flows/cli/__init__.py`` lists it). Prefect, Ray and torch
 are imported inside the handlers so ``checkout-restore --help`` stays fast.
 """
 
@@ -13,9 +13,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default
 
@@ -96,10 +94,10 @@ def _stop_on_signals() -> threading.Event:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Preflight (config, stores: seconds, nothing created), then the flow. Exit 0 / 1 / 2."""
-    from flows.preflight import check_run
+    from flows.pipeline.preflight import check_run
 
     check_run(args.source, args.dest, args.config)  # raises a permanent error before anything starts
-    from flows.pipeline import QualityGateError, restore_frames
+    from flows.pipeline.flow import QualityGateError, restore_frames
 
     if not getattr(args, "debug", False):
         _one_line_console_logs()
@@ -157,11 +155,11 @@ def _one_line_console_logs() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Validate first; then serve, retrying with backoff while the Prefect API is unreachable.
     SIGTERM / Ctrl-C stop cleanly also while waiting (Prefect's runner handles them once serving)."""
-    from flows.daemon import Backoff
-    from flows.preflight import check_run
+    from flows.pipeline.daemon import Backoff
+    from flows.pipeline.preflight import check_run
 
     checked = check_run(args.source, args.dest, args.config)
-    from flows.deploy import serve_deployments
+    from flows.pipeline.deploy import serve_deployments
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("checkout_restore.serve")
@@ -193,8 +191,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from flows.upload_events import prefect_emitter
-    from flows.watch import watch
+    from flows.pipeline.upload_events import prefect_emitter
+    from flows.pipeline.watch import watch
     from storage.stores import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -209,9 +207,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_bridge_sqs(args: argparse.Namespace) -> int:
     import boto3
 
-    from flows.bridge_sqs import bridge, check_queue
     from flows.errors import UserError
-    from flows.upload_events import prefect_emitter
+    from flows.pipeline.bridge_sqs import bridge, check_queue
+    from flows.pipeline.upload_events import prefect_emitter
 
     if not 0 <= args.wait <= 20:
         raise UserError(f"--wait must be 0..20 seconds (SQS long-poll limit), got {args.wait}")
@@ -227,79 +225,9 @@ def cmd_bridge_sqs(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_frames(n: int, size: int, seed: int = 0) -> list[bytes]:
-    """``n`` synthetic blurred PNG frames (smooth colour fields with edges, 9-px motion blur)."""
-    import numpy as np
-    from scipy.ndimage import convolve
-
-    from storage.images import encode_png
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    kernel = np.zeros((9, 9))
-    kernel[4, :] = 1 / 9
-    out = []
-    for _ in range(n):
-        img = np.stack([np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform(0, 1) * yy + rng.uniform()))
-                        for _ in range(3)], axis=-1) * 0.3 + 0.5
-        x0, y0 = rng.integers(0, size // 2, 2)
-        img[y0:y0 + size // 3, x0:x0 + size // 3] = rng.uniform(0, 1, 3)
-        blurred = np.stack([convolve(img[..., c], kernel, mode="nearest") for c in range(3)], axis=-1)
-        noisy = blurred + rng.normal(0, 0.02, blurred.shape)
-        out.append(encode_png(np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)))
-    return out
-
-
-def bench_pipeline(frames: int, size: int, working_size: int, steps: int, batch_size: int,
-                   actor_counts: list[int], config: str = "smoke") -> list[dict[str, Any]]:
-    """Restore the same frames with each actor count (fresh destination each time) and measure
-    actor start-up (priors loading) and restore throughput (decode + restore + write + ledger)."""
-    import tempfile
-
-    from flows.actors import ActorPool, RunContext, ensure_ray, fan_out
-    from flows.config import load_config
-    from storage.reports import new_run_id
-    from storage.sidecars import discover
-    from storage.stores import open_store
-
-    base = load_config(config)
-    restoration = base.restoration.model_copy(update={"working_size": working_size, "steps": steps,
-                                                      "batch_size": batch_size})
-    results = []
-    with tempfile.TemporaryDirectory(prefix="ckr-bench-") as tmp:
-        source = open_store(Path(tmp) / "inbox")
-        for i, data in enumerate(bench_frames(frames, size)):
-            source.put(f"bench/f{i:04d}.png", data)
-        refs = [replace(r, etag=source.head(r.key).etag) for r in discover(source)]
-        batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
-        cluster_max = max(actor_counts)
-        big = base.cluster.model_copy(update={"actors": cluster_max})
-        with ensure_ray(big) as local:
-            for n in actor_counts:
-                cluster = base.cluster.model_copy(update={"actors": n, "max_in_flight": 2 * n})
-                ctx = RunContext(run_id=new_run_id(), source_uri=source.uri,
-                                 dest_uri=(Path(tmp) / f"out-{n}").as_uri(), config_hash=f"bench-{n}")
-                t0 = time.perf_counter()
-                pool = ActorPool(cluster, restoration, ctx, local=local)
-                try:
-                    pool.ready()
-                    t1 = time.perf_counter()
-                    rows, _ = fan_out(pool, batches, max_in_flight=cluster.max_in_flight)
-                    t2 = time.perf_counter()
-                finally:
-                    pool.close()
-                done = [r for r in rows if r["status"] == "restored"]
-                results.append({"actors": n, "frames": len(done), "size": size, "working_size": working_size,
-                                "steps": steps, "batch_size": batch_size, "startup_s": t1 - t0,
-                                "restore_s": t2 - t1, "frames_per_s": len(done) / (t2 - t1),
-                                # sampler time per frame inside an actor: grows when actors share cores
-                                "actor_s_per_frame": sum(r["seconds"] for r in done) / max(1, len(done))})
-    return results
-
-
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     if args.sizes:
-        from flows.bench_sizes import SizeBenchError, bench_sizes, parse_sizes, table
+        from flows.evaluation.bench_sizes import SizeBenchError, bench_sizes, parse_sizes, table
 
         try:
             sizes = parse_sizes(args.sizes)
@@ -318,6 +246,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     print(f"bench-pipeline: {args.frames} frames {args.size}x{args.size}, working size {args.working_size}, "
           f"{args.steps} steps, batch {args.batch_size}, {os.cpu_count()} CPUs (load average {load})",
           flush=True)
+    from flows.evaluation.pipeline_bench import bench_pipeline
+
     results = bench_pipeline(args.frames, args.size, args.working_size, args.steps, args.batch_size, counts,
                              args.config)
     print("| actors | frames | working size | steps | start-up s | restore s | sampler s/frame | frames/s |")
@@ -330,7 +260,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m flows.pipeline_cli``): the pipeline subcommands only."""
+    """Standalone entry (``python -m flows.cli.pipeline``): the pipeline subcommands only."""
     parser = argparse.ArgumentParser(prog="checkout-restore", description="pipeline subcommands")
     add_pipeline_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

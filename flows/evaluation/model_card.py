@@ -1,6 +1,6 @@
 """Model-card measurements of the CLD priors (tables and figures in docs/models.md).
 
-Commands (`python -m flows.model_card <command> [--prior-dir DIR]`; by default the shipped
+Commands (`python -m flows.evaluation.model_card <command> [--prior-dir DIR]`; by default the shipped
 checkpoints in restoration/checkpoints are measured, `--prior-dir runs/prior_image` measures a
 run in progress):
 
@@ -548,7 +548,7 @@ def cmd_image_samples(args: argparse.Namespace) -> str:
 
 
 def cmd_loss_plot(args: argparse.Namespace) -> str:
-    from flows.train_cli import plot_losses
+    from flows.reports.plots import plot_losses
 
     for name in ("image", "kernel"):
         csv = args.runs / f"prior_{name}" / "loss.csv"
@@ -619,7 +619,7 @@ def cmd_all(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.model_card", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flows.evaluation.model_card", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command",
                         choices=["denoise", "kernel-stats", "image-samples", "loss-plot", "cards",

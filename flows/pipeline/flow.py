@@ -42,7 +42,9 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from flows.actors import (
+from flows.config import PipelineConfig, ReportSettings, load_config
+from flows.errors import is_transient
+from flows.pipeline.actors import (
     REPORT_COLUMNS,
     ActorPool,
     BatchDone,
@@ -56,9 +58,7 @@ from flows.actors import (
     reap_stale_local_instances,
     report_row,
 )
-from flows.config import PipelineConfig, ReportSettings, load_config
-from flows.errors import is_transient
-from flows.notify import notify
+from flows.pipeline.notify import notify
 from storage.base import ObjectStore, stores_overlap
 from storage.errors import ObjectNotFoundError, OverlappingStoresError, StoreAccessError
 from storage.keys import output_keys

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def write_inbox(inbox: Path, frames_per_suite: int, size: int) -> int:
     """Synthetic frames in the sidecar layout (benchmark generator, held-out seeds) + one corrupt file."""
-    from flows.bench import BenchSpec, generate_set
+    from flows.evaluation.suites import BenchSpec, generate_set
     from flows.fonts import SYSTEM_FONT_GLOBS, find_fonts
     from storage.stores import open_store
 
@@ -38,7 +38,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    from flows.pipeline import restore_frames
+    from flows.pipeline.flow import restore_frames
 
     inbox, out = args.dir / "inbox", args.dir / "out"
     n = write_inbox(inbox, args.frames_per_suite, args.size)

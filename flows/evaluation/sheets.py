@@ -1,6 +1,6 @@
 """Contact sheets of the synthetic training data: product renders and blur kernels.
 
-Writes docs/contact_sheet.png and docs/kernels_sheet.png (``python -m flows.sheets``). Fonts: every
+Writes docs/contact_sheet.png and docs/kernels_sheet.png (``python -m flows.evaluation.sheets``). Fonts: every
 system font (:data:`flows.fonts.SYSTEM_FONT_GLOBS`).
 """
 

@@ -96,7 +96,7 @@ def bench_sizes(sizes: list[tuple[int, int]], config: str, threads: int, device:
     """measure_one per size, each in a fresh interpreter (peak RSS per size)."""
     rows = []
     for w, h in sizes:
-        cmd = [sys.executable, "-m", "flows.bench_sizes", "--one", f"{w}x{h}", "--config", config,
+        cmd = [sys.executable, "-m", "flows.evaluation.bench_sizes", "--one", f"{w}x{h}", "--config", config,
                "--threads", str(threads), "--device", device]
         if steps:
             cmd += ["--steps", str(steps)]
@@ -128,7 +128,7 @@ def table(rows: list[dict[str, Any]], config: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Internal entry for one size (``--one WxH``), printing one JSON line."""
-    p = argparse.ArgumentParser(prog="python -m flows.bench_sizes")
+    p = argparse.ArgumentParser(prog="python -m flows.evaluation.bench_sizes")
     p.add_argument("--one", required=True)
     p.add_argument("--config", default="default")
     p.add_argument("--threads", type=int, default=2)

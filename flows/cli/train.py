@@ -5,7 +5,7 @@ All file handling for training lives here: the YAML config, the cached training 
 (`<prior>.safetensors` + `<prior>.json`), the loss log (`loss.csv`) and loss curve (`loss.png`).
 The training loop itself is pure tensor code in restoration/train.py.
 
-Usage (also `python -m flows.train_cli ...`):
+Usage (also `python -m flows.cli.train ...`):
     checkout-restore train --prior kernel --config configs/prior_kernel.yaml --out runs/prior_kernel
     checkout-restore train --prior image --config configs/prior_image.yaml --out runs/prior_image \
         --export-dir restoration/checkpoints
@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
+from flows.reports.plots import plot_losses
 from restoration.cld import CLD
 from restoration.priors import export_prior
 from restoration.score_net import build_eps_net, param_count
@@ -277,34 +278,6 @@ def kernel_bank(data: dict[str, Any], cache_dir: Path, progress: bool = True) ->
     return torch.from_numpy(bank)
 
 
-def plot_losses(losses: list[tuple[int, float]], path: Path, title: str) -> None:
-    """Loss curve PNG (log y)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    if losses:
-        steps, vals = zip(*losses, strict=True)
-        ax.plot(steps, vals, lw=0.8, alpha=0.5, label="mean over log window")
-        if len(vals) >= 10:
-            k = max(5, len(vals) // 30)
-            smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"moving mean ({k} windows)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("HSM loss (λ(t)-weighted ε_v MSE)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def _final_loss(losses: list[tuple[int, float]], window: int = 10) -> float | None:
     if not losses:
         return None
@@ -475,7 +448,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.train_cli", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m flows.cli.train", description=__doc__)
     _add_args(parser)
     return train_main(parser.parse_args(argv))
 

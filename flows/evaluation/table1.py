@@ -45,6 +45,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from flows.evaluation.frames import BenchError
+from flows.evaluation.methods import METHOD_NAMES as BLIND_METHODS
+from flows.evaluation.scoring import COLUMNS
 from flows.fonts import find_fonts
 from restoration.baselines import bicubic_upsample, hio_phase_retrieval, inpaint_classical
 from restoration.classical import wiener_deconv
@@ -257,8 +260,6 @@ def run_task(
     fonts: tuple[str, ...] = (), progress: bool = True,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Rows (one per render and method) for ``task``; renders of a method run as one batch."""
-    from flows.bench import COLUMNS
-
     obs, truth = observe(task, size, seeds, fonts)
     ref = _quantise(truth)
     rows: list[dict[str, Any]] = []
@@ -334,16 +335,12 @@ def parse_tasks(suites: str) -> list[str] | None:
     if not picked:
         return None
     if len(picked) != len(names):
-        from flows.bench import BenchError
-
         raise BenchError("--suites table1 cannot be mixed with the blind suites")
     if "table1" in picked:
         return list(TASK_NAMES)
     tasks = [n.split(":", 1)[1] for n in picked]
     bad = [t for t in tasks if t not in TASK_NAMES]
     if bad:
-        from flows.bench import BenchError
-
         raise BenchError(f"unknown table1 tasks {bad}; choose from {list(TASK_NAMES)}")
     return tasks
 
@@ -352,8 +349,6 @@ def run_table1(args: argparse.Namespace, tasks: list[str]) -> int:
     """`checkout-restore bench --suites table1 ...`: run, write results.parquet / results.md."""
     from pathlib import Path
 
-    from flows.bench import COLUMNS, BenchError
-    from flows.bench import METHOD_NAMES as BLIND_METHODS
     from storage.stores import open_store
 
     started, cpu0 = time.perf_counter(), time.process_time()
@@ -467,7 +462,7 @@ def tune(tasks: list[str], methods: list[str], renders: int, size: int, steps: i
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(prog="python -m flows.table1", description="tune Table1Settings")
+    ap = argparse.ArgumentParser(prog="python -m flows.evaluation.table1", description="tune Table1Settings")
     ap.add_argument("--tasks", default=",".join(TASK_NAMES))
     ap.add_argument("--methods", default=",".join(METHOD_NAMES))
     ap.add_argument("--renders", type=int, default=2)

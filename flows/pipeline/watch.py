@@ -23,9 +23,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.daemon import Backoff
 from flows.errors import is_permanent
-from flows.upload_events import Emitter, EventEmitError, FrameUpload, is_frame_key
+from flows.pipeline.daemon import Backoff
+from flows.pipeline.upload_events import Emitter, EventEmitError, FrameUpload, is_frame_key
 from storage.base import ObjectStore
 from storage.errors import InvalidKeyError, ObjectNotFoundError, StorageError
 from storage.keys import validate_key

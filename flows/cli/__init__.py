@@ -1,4 +1,6 @@
-"""`checkout-restore` command line: one argparse dispatcher over the subcommand modules.
+"""`checkout-restore` command line: one argparse dispatcher over the subcommand modules of this
+package (flows/cli/: every command-line entry point in one place; the work they start lives in
+flows/pipeline/, flows/evaluation/, flows/reports/ and restoration/).
 
 Each module exposes `add_*_parser(subparsers)` which registers its subcommand(s) and sets
 `func`. The literal table below is the whole registry, with each command's one-line help, so
@@ -20,19 +22,21 @@ from collections.abc import Sequence
 
 # (module, function adding its subcommands, {command: help}) — a literal table, no discovery.
 SUBCOMMANDS: tuple[tuple[str, str, dict[str, str]], ...] = (
-    ("flows.train_cli", "add_train_parser", {"train": "train a CLD prior (HSM) on project-generated data"}),
-    ("flows.dashboard", "add_dashboard_parser", {"dashboard": "serve a destination's reports on 127.0.0.1"}),
-    ("flows.pipeline_cli", "add_pipeline_parsers", {
+    ("flows.cli.train", "add_train_parser", {"train": "train a CLD prior (HSM) on project-generated data"}),
+    ("flows.cli.dashboard", "add_dashboard_parser",
+     {"dashboard": "serve a destination's reports on 127.0.0.1"}),
+    ("flows.cli.pipeline", "add_pipeline_parsers", {
         "run": "run the restore-frames flow once and print where the report is",
         "serve": "serve the nightly and on-upload deployments (until Ctrl-C / SIGTERM)",
         "watch": "poll a store, emit upload events for new frames",
         "bridge-sqs": "turn S3 ObjectCreated notifications from SQS into events",
         "bench-pipeline": "frames/s of the Ray fan-out for 1 and 2 actors",
     }),
-    ("flows.demo", "add_demo_parser",
+    ("flows.cli.demo", "add_demo_parser",
      {"demo": "restore a synthetic local inbox end to end (embedded default)"}),
-    ("flows.bench", "add_bench_parser", {"bench": "benchmark restoration methods on a deterministic set"}),
-    ("flows.restore_cli", "add_restore_parser", {"restore": "restore one image for a known task (sr4, ...)"}),
+    ("flows.cli.bench", "add_bench_parser",
+     {"bench": "benchmark restoration methods on a deterministic set"}),
+    ("flows.cli.restore", "add_restore_parser", {"restore": "restore one image for a known task (sr4, ...)"}),
 )
 
 EXIT_FAILED = 1  # the run failed (or ended failed_quality)
@@ -113,6 +117,3 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or "(no message)"
     return f"{type(exc).__name__}: {text[:500]}"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,7 @@
 """The scaling measurement behind docs/scaling.md: N synthetic frames through the real flow.
 
-    python -m flows.scale_run --frames 1000 --size 64 --config configs/scaling.yaml --dir runs/scale
+    python -m flows.evaluation.scale_run --frames 1000 --size 64 --config configs/scaling.yaml \
+        --dir runs/scale
 
 Writes ``N`` blurred ``size``×``size`` PNG frames into ``<dir>/inbox`` (the generator of
 ``bench-pipeline``), runs the ``restore-frames`` flow (Prefect, Ray actors, ledger, report — nothing
@@ -92,7 +93,7 @@ class MemorySampler:
 
 def write_inbox(inbox: Path, frames: int, size: int) -> int:
     """``frames`` synthetic blurred frames (idempotent: existing keys are kept as they are)."""
-    from flows.pipeline_cli import bench_frames
+    from flows.evaluation.pipeline_bench import bench_frames
     from storage.stores import open_store
 
     store = open_store(inbox, create=True)
@@ -106,7 +107,8 @@ def write_inbox(inbox: Path, frames: int, size: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.scale_run", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m flows.evaluation.scale_run",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--config", default="configs/scaling.yaml")
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     # machine (Prefect's default start-up timeout is short).
     os.environ.setdefault("PREFECT_HOME", str((args.dir / "prefect-home").resolve()))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from flows.pipeline import restore_frames
+    from flows.pipeline.flow import restore_frames
 
     inbox, out = (args.dir / "inbox").resolve(), (args.dir / "out").resolve()
     t0 = time.perf_counter()
