@@ -5,7 +5,7 @@ import glob
 import numpy as np
 
 from flows.pipeline.actors import code_counts
-from flows.pipeline.flow import codes_line, codes_readable
+from flows.pipeline.run_report import codes_line, codes_readable
 from flows.reports.html import codes_text
 from restoration.codes import decode_codes
 from restoration.rng import generator_for

@@ -22,7 +22,7 @@ from flows.config import (
     available_configs,
     load_config,
 )
-from flows.pipeline.flow import Candidate, Discovery, plan_run
+from flows.pipeline.tasks import Candidate, Discovery, plan_run
 from storage.ledger import LedgerEntry
 from storage.sidecars import FrameRef
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ import pytest
 from flows.errors import UserError
 from flows.pipeline.bridge_sqs import bridge, check_queue
 from flows.pipeline.daemon import Backoff
-from flows.pipeline.flow import Progress  # imports Prefect, which sets up logging: before caplog does
+from flows.pipeline.tasks import Progress  # imports Prefect, which sets up logging: before caplog does
 from flows.pipeline.upload_events import EventEmitError, FrameUpload
-from flows.pipeline.watch import watch
+from flows.pipeline.watch import WatchOptions, watch
 from storage.errors import StoreAccessError
 from storage.stores import open_store
 
@@ -75,8 +76,8 @@ def test_watch_rides_out_a_prefect_outage_and_loses_nothing(tmp_path: Path,
     stop = threading.Event()
     emit = _Flaky(failures=3, stop=stop, expect=2)
     with caplog.at_level(logging.INFO, logger="checkout_restore.watch"):
-        sent = watch(store, emit, state_path=tmp_path / "state.json", interval_s=0.01, stop=stop,
-                     max_backoff_s=0.05)
+        sent = watch(store, emit, WatchOptions(state_path=tmp_path / "state.json", interval_s=0.01,
+                                               max_backoff_s=0.05), stop=stop)
     assert sent == 2 and sorted(u.key for u in emit.sent) == ["a.png", "b.png"] and emit.calls == 4
     messages = [r.getMessage() for r in caplog.records]
     assert sum("unavailable" in m for m in messages) == 1 and sum("back after" in m for m in messages) == 1
@@ -103,11 +104,11 @@ def test_watch_retries_a_store_outage_but_not_a_permanent_error(tmp_path: Path) 
 
     stop = threading.Event()
     emit = _Flaky(failures=0, stop=stop, expect=1)
-    assert watch(Outage(store, 2, "SlowDown"), emit, state_path=tmp_path / "s1.json",  # type: ignore[arg-type]
-                 interval_s=0.01, stop=stop, max_backoff_s=0.02) == 1
+    fast = WatchOptions(state_path=tmp_path / "s1.json", interval_s=0.01, max_backoff_s=0.02)
+    assert watch(Outage(store, 2, "SlowDown"), emit, fast, stop) == 1  # type: ignore[arg-type]
     with pytest.raises(StoreAccessError):
-        watch(Outage(store, 1, "NoSuchBucket"), emit, state_path=tmp_path / "s2.json",  # type: ignore[arg-type]
-              interval_s=0.01, stop=threading.Event(), max_backoff_s=0.02)
+        watch(Outage(store, 1, "NoSuchBucket"), emit,  # type: ignore[arg-type]
+              replace(fast, state_path=tmp_path / "s2.json"), threading.Event())
 
 
 def test_bridge_checks_the_queue_and_rides_out_sqs_outages(s3_env: object,

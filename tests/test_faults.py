@@ -51,10 +51,10 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 from s3server import MotoS3
 
-import flows.pipeline.actors
+import flows.pipeline.ray_local
 from flows.config import load_config
-from flows.pipeline.actors import OWNER_FILE, ensure_ray
 from flows.pipeline.flow import run_pipeline
+from flows.pipeline.ray_local import OWNER_FILE, ensure_ray
 from storage.base import ObjectStore
 from storage.images import encode_png
 from storage.lease import LEASE_KEY, LeaseHeldError, acquire
@@ -69,7 +69,7 @@ PLANTED_TOKEN = "planted-session-token-7c1e0b"  # a second secret, besides moto'
 
 
 def _psutil():  # type: ignore[no-untyped-def]
-    return flows.pipeline.actors._psutil()
+    return flows.pipeline.ray_local._psutil()
 
 
 def _is_loopback(ip: str) -> bool:
@@ -194,7 +194,7 @@ def ray_base(s3_via_proxy: dict[str, str]) -> Iterator[Path]:
     ray.cloudpickle.register_pickle_by_value(pipeline_frames)
     base = Path(tempfile.mkdtemp(prefix="ckrt-", dir="/tmp"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(flows.pipeline.actors, "LOCAL_TEMP_BASE", str(base))
+        mp.setattr(flows.pipeline.ray_local, "LOCAL_TEMP_BASE", str(base))
         mp.delenv("RAY_ADDRESS", raising=False)
         with ensure_ray(load_config("smoke").cluster) as local:
             assert local
@@ -496,14 +496,15 @@ def test_killed_driver_next_run_cleans_up_and_finishes(prefect_api: str, cfg: st
         dead_run = client.read_flow_run(uuid.UUID(held["flow_run_id"]))
         assert dead_run.state is not None and dead_run.state.is_running()
 
-    monkeypatch.setattr(flows.pipeline.actors, "LOCAL_TEMP_BASE", "/tmp")  # where the dead driver's Ray lived
+    # where the dead driver's Ray lived
+    monkeypatch.setattr(flows.pipeline.ray_local, "LOCAL_TEMP_BASE", "/tmp")
     summary = _run(str(src), str(dst), cfg)  # the next run, right after
 
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(uuid.UUID(held["flow_run_id"])).state
     assert state is not None and state.is_crashed(), state
     assert not dead_dirs[0].exists()
-    assert flows.pipeline.actors._processes_using(str(dead_dirs[0])) == []
+    assert flows.pipeline.ray_local._processes_using(str(dead_dirs[0])) == []
     # Frames the dead run committed stay done (skipped); the rest, the hanging one included, are
     # restored now: each exactly once.
     committed = {n for n in names

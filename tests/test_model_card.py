@@ -7,13 +7,8 @@ from pathlib import Path
 
 import torch
 
-from flows.evaluation.model_card import (
-    GAIN_HISTORY,
-    cmd_gain_curve,
-    kernel_size_rows,
-    native_crops,
-    record_gains,
-)
+from flows.evaluation.model_card import GAIN_HISTORY, cmd_gain_curve, record_gains
+from flows.evaluation.prior_measures import kernel_size_rows, native_crops
 from restoration.priors import load_shipped
 
 

@@ -22,8 +22,10 @@ from s3server import MotoS3
 
 from flows.cli.pipeline import main
 from flows.config import load_config
-from flows.pipeline.actors import ActorPool, RunContext, ensure_ray, fan_out
+from flows.pipeline.actors import RunContext
+from flows.pipeline.fanout import ActorPool, fan_out
 from flows.pipeline.flow import restore_frames, run_pipeline
+from flows.pipeline.ray_local import ensure_ray
 from storage.errors import FrameError
 from storage.images import decode_frame
 from storage.keys import kernel_npy_key, kernel_png_key, ledger_key, restored_key

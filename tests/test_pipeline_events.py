@@ -17,7 +17,8 @@ from flows.config import load_config
 from flows.pipeline.actors import report_row
 from flows.pipeline.bridge_sqs import NotificationError, bridge_once, parse_notification, uploads_for_source
 from flows.pipeline.deploy import build_deployments
-from flows.pipeline.flow import Candidate, Discovery, plan_run, summarize
+from flows.pipeline.run_report import summarize
+from flows.pipeline.tasks import Candidate, Discovery, plan_run
 from flows.pipeline.upload_events import (
     SOURCE_LABEL,
     UPLOAD_EVENT,
@@ -26,7 +27,7 @@ from flows.pipeline.upload_events import (
     event_fields,
     prefect_emitter,
 )
-from flows.pipeline.watch import WatchStateError, load_state, poll_once, save_state, watch
+from flows.pipeline.watch import WatchOptions, WatchStateError, load_state, poll_once, save_state, watch
 from storage.ledger import LedgerEntry
 from storage.sidecars import FrameRef
 from storage.stores import open_store
@@ -57,16 +58,16 @@ def test_watch_emits_new_frames_once_and_ignores_sidecars(tmp_path: Path) -> Non
     store.put("notes.txt", b"not a frame")
     state = tmp_path / "state.json"
     rec = Recorder()
-    assert watch(store, rec, state_path=state, once=True) == 2
+    assert watch(store, rec, WatchOptions(state_path=state, once=True)) == 2
     assert rec.keys == ["a.png", "sub/b.png"]
     assert {u.source for u in rec.batches[0]} == {store.uri}
     assert all(u.etag == store.head(u.key).etag for u in rec.batches[0])
     assert set(load_state(state, store.uri)) == {"a.png", "sub/b.png"}
 
     # Second poll: nothing new. A new frame: exactly that one.
-    assert watch(store, rec, state_path=state, once=True) == 0
+    assert watch(store, rec, WatchOptions(state_path=state, once=True)) == 0
     write_frames(store, ["c"], truth=False, mask_first=False, seed=5)
-    assert watch(store, rec, state_path=state, once=True) == 1
+    assert watch(store, rec, WatchOptions(state_path=state, once=True)) == 1
     assert rec.keys[-1] == "c.png" and len(rec.batches) == 2
 
 

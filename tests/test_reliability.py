@@ -25,8 +25,8 @@ from pipeline_frames import make_frame, npy_bytes, write_frames
 
 from flows.config import load_config
 from flows.pipeline.actors import RestoreWorker, RunContext, frame_failure_row, truth_metrics
-from flows.pipeline.flow import find_frames, plan_run
-from flows.reports.html import make_thumbnail
+from flows.pipeline.tasks import find_frames, plan_run
+from flows.reports.images import make_thumbnail
 from storage import errors
 from storage.errors import InvalidKeyError, StorageError, StoreAccessError
 from storage.frames import DEFAULT_MAX_BYTES

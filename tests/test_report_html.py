@@ -27,13 +27,12 @@ from flows.reports.dashboard import (
 from flows.reports.html import (
     KERNEL_MSE_DEFINITION,
     NO_REFERENCE_NOTE,
-    THUMB_SIZE,
-    make_thumbnail,
     render_index,
     render_run_report,
     store_images,
     write_reports,
 )
+from flows.reports.images import THUMB_SIZE, make_thumbnail
 from storage.errors import InvalidKeyError, ObjectNotFoundError
 from storage.stores import open_store
 

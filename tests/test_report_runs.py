@@ -110,15 +110,15 @@ def test_index_pages_and_trends_skip_skip_only_runs() -> None:
 
     with Image.open(io.BytesIO(files["trend_restored.png"])) as im:
         assert im.size[0] > 0
-    from flows.reports import html as report_html
+    from flows.reports import index_page as report_html
 
     captured: list[list[float]] = []
-    original = report_html._trend
-    report_html._trend = lambda points, *a, **k: captured.append([v for _, v in points]) or b""  # type: ignore[assignment]
+    original = report_html.trend
+    report_html.trend = lambda points, *a, **k: captured.append([v for _, v in points]) or b""  # type: ignore[assignment]
     try:
         render_index(summaries)
     finally:
-        report_html._trend = original
+        report_html.trend = original
     assert captured[0] == [1.0, 1.0, 1.0, 1.0]  # restored counts of the 4 runs that restored
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.pipeline.flow import find_frames, plan_run
+from flows.pipeline.tasks import find_frames, plan_run
 from storage.errors import InvalidKeyError, KernelFileError, LedgerError
 from storage.images import encode_png, kernel_png
 from storage.keys import ledger_key, output_keys, report_key

@@ -192,14 +192,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from flows.pipeline.upload_events import prefect_emitter
-    from flows.pipeline.watch import watch
+    from flows.pipeline.watch import WatchOptions, watch
     from storage.stores import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = open_store(args.source, read_only=True)
-    sent = watch(store, prefect_emitter, state_path=args.state, interval_s=args.interval, once=args.once,
-                 baseline=args.baseline, max_events=args.max_events, check_changes=args.check_changes,
-                 stop=_stop_on_signals())
+    options = WatchOptions(state_path=args.state, interval_s=args.interval, once=args.once,
+                           baseline=args.baseline, max_events=args.max_events,
+                           check_changes=args.check_changes)
+    sent = watch(store, prefect_emitter, options, stop=_stop_on_signals())
     print(f"{sent} events sent")
     return 0
 

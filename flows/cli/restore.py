@@ -60,32 +60,39 @@ def _read(path: str) -> bytes:
         raise RestoreInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def _magnitudes(path: str) -> torch.Tensor:
+    """Phase retrieval's observation: a float .npy of Fourier magnitudes, (1, 3, P, P)."""
+    try:
+        mag = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RestoreInputError(f"phase-retrieval needs a float .npy of magnitudes: {exc}") from exc
+    if mag.ndim == 2:
+        mag = mag[None]
+    if mag.ndim != 3 or mag.dtype.kind != "f" or not np.all(np.isfinite(mag)):
+        raise RestoreInputError(f"magnitudes must be a finite float (C, P, P) array, got {mag.shape}")
+    y = torch.from_numpy(np.ascontiguousarray(mag, dtype=np.float32))[None]
+    return y.expand(1, 3, *y.shape[-2:]).clone() if y.shape[1] == 1 else y
+
+
+def _kernel(args: argparse.Namespace) -> torch.Tensor:
+    if not args.kernel:
+        raise RestoreInputError(f"{args.task} needs --kernel (a .npy blur kernel)")
+    k = load_kernel(_read(args.kernel))
+    if k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
+        raise RestoreInputError(f"the kernel must be square with an odd side, got {k.shape}")
+    return torch.from_numpy(k)[None, None]
+
+
 def load_observation(args: argparse.Namespace) -> Observation:
     """The observation and the task's parameters from the command line's files."""
     spec = TASKS[args.task]
     if args.task == "phase-retrieval":
-        try:
-            mag = np.load(args.input, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise RestoreInputError(f"phase-retrieval needs a float .npy of magnitudes: {exc}") from exc
-        if mag.ndim == 2:
-            mag = mag[None]
-        if mag.ndim != 3 or mag.dtype.kind != "f" or not np.all(np.isfinite(mag)):
-            raise RestoreInputError(f"magnitudes must be a finite float (C, P, P) array, got {mag.shape}")
-        y = torch.from_numpy(np.ascontiguousarray(mag, dtype=np.float32))[None]
-        if y.shape[1] == 1:
-            y = y.expand(1, 3, *y.shape[-2:]).clone()
+        y = _magnitudes(args.input)
     else:
         image = decode_frame(_read(args.input))
         y = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    kernel = mask = None
-    if spec.needs == "kernel":
-        if not args.kernel:
-            raise RestoreInputError(f"{args.task} needs --kernel (a .npy blur kernel)")
-        k = load_kernel(_read(args.kernel))
-        if k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
-            raise RestoreInputError(f"the kernel must be square with an odd side, got {k.shape}")
-        kernel = torch.from_numpy(k)[None, None]
+    kernel = _kernel(args) if spec.needs == "kernel" else None
+    mask = None
     if args.mask:
         if not spec.needs.startswith("mask"):
             raise RestoreInputError(f"{args.task} takes no --mask")

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,40 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _resume(state: TrainState, cfg: RunConfig, args: argparse.Namespace, out: Path) -> dict[str, Any] | None:
+    """Resume from ``out/state.pt`` (unless --fresh) or warm-start from --init-from; returns the
+    warm start's record for the exported metadata (None without one)."""
+    state_path = out / "state.pt"
+    if state_path.exists() and not args.fresh:
+        load_training_state(state, state_path.read_bytes())
+        print(f"resumed {state_path} at step {state.step}", file=sys.stderr)
+        prev = out / f"{cfg.prior}.json"
+        return json.loads(prev.read_text()).get("init_from") if prev.exists() else None
+    if args.init_from:
+        init_from = warm_start(state, cfg.prior, args.init_from)
+        print(f"warm start from {init_from['version']} ({init_from['steps']} steps)",
+              file=sys.stderr)
+        return init_from
+    return None
+
+
+def _batches(
+    cfg: RunConfig, args: argparse.Namespace, state: TrainState, progress: bool
+) -> Iterator[torch.Tensor]:
+    """The training crops: rendered banks or (image prior) weighted sources, drawn with the
+    state's data generator."""
+    if cfg.prior == "image" and "sources" in cfg.data:
+        images, weights = image_sources(cfg.data, args.cache_dir, progress, args.photos)
+        return crop_batches(images, cfg.train.batch_size, int(cfg.data["crop"]),
+                            state.data_generator, weights=weights)
+    if cfg.prior == "image":
+        bank = image_bank(cfg.data, args.cache_dir, progress)
+        return crop_batches(bank, cfg.train.batch_size, int(cfg.data["crop"]), state.data_generator)
+    bank = kernel_bank(cfg.data, args.cache_dir, progress)
+    return crop_batches(bank, cfg.train.batch_size, int(cfg.data["size"]),
+                        state.data_generator, transpose=True)
+
+
 def train_main(args: argparse.Namespace) -> int:
     """Run (or resume) one training run; returns a process exit code."""
     if args.threads:
@@ -390,31 +425,9 @@ def train_main(args: argparse.Namespace) -> int:
     net = build_eps_net(cfg.net, cfg.cld, init_seed=cfg.train.seed)
     state = new_state(net, cfg.train, device)
     state_path = out / "state.pt"
-    init_from = None
-    if state_path.exists() and not args.fresh:
-        load_training_state(state, state_path.read_bytes())
-        print(f"resumed {state_path} at step {state.step}", file=sys.stderr)
-        prev = out / f"{cfg.prior}.json"
-        if prev.exists():
-            init_from = json.loads(prev.read_text()).get("init_from")
-    elif args.init_from:
-        init_from = warm_start(state, cfg.prior, args.init_from)
-        print(f"warm start from {init_from['version']} ({init_from['steps']} steps)",
-              file=sys.stderr)
-
-    if cfg.prior == "image" and "sources" in cfg.data:
-        images, weights = image_sources(cfg.data, args.cache_dir, progress, args.photos)
-        batches = crop_batches(images, cfg.train.batch_size, int(cfg.data["crop"]),
-                               state.data_generator, weights=weights)
-    elif cfg.prior == "image":
-        bank = image_bank(cfg.data, args.cache_dir, progress)
-        batches = crop_batches(bank, cfg.train.batch_size, int(cfg.data["crop"]),
-                               state.data_generator)
-    else:
-        bank = kernel_bank(cfg.data, args.cache_dir, progress)
-        batches = crop_batches(bank, cfg.train.batch_size, int(cfg.data["size"]),
-                               state.data_generator, transpose=True)
+    init_from = _resume(state, cfg, args, out)
     # Data order after a resume continues from the saved data generator state.
+    batches = _batches(cfg, args, state, progress)
     command = (f"checkout-restore train --prior {args.prior} --config {args.config} "
                f"--out {args.out}" + (f" --steps {args.steps}" if args.steps else "")
                + (f" --init-from {args.init_from}" if args.init_from else "")

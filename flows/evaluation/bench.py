@@ -55,6 +55,7 @@ from flows.evaluation.scoring import COLUMNS, _code_columns, _nan, _quantise, fi
 from flows.evaluation.suites import SUITES, BenchSpec, generate_set
 from flows.evaluation.tables import _header, markdown, summary_table
 from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
+from storage.base import ObjectStore
 from storage.stores import open_store
 
 
@@ -145,18 +146,10 @@ def bench_main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise BenchError("--limit must be >= 1")
     progress = not args.no_progress
-    if args.data:
-        data_uri = args.data
-        store = open_store(args.data, read_only=True)
-    else:
-        data_uri = args.set_dir
-        if "://" not in args.set_dir:
-            Path(args.set_dir).mkdir(parents=True, exist_ok=True)
-        store = open_store(args.set_dir)
-        generate_set(store, _spec_from_args(args), progress=progress)
-        if args.generate_only:
-            print(f"benchmark set in {store.uri}")
-            return 0
+    store, data_uri = _data_store(args, progress)
+    if args.generate_only and not args.data:
+        print(f"benchmark set in {store.uri}")
+        return 0
     settings = load_config(args.config).restoration
     if args.steps:
         settings = settings.model_copy(update={"steps": args.steps})
@@ -169,19 +162,35 @@ def bench_main(args: argparse.Namespace) -> int:
         rows.extend(run_method(name, frames, ctx, progress=progress))
     rows.extend(fixed_kernel_rows(frames, settings.kernel_size))
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    table = summary_table(df)
     wall = time.perf_counter() - started
-    text = markdown(table, _header(args, data_uri, len(frames), wall))
-    if "://" not in args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    out = open_store(args.out)
+    text = markdown(summary_table(df), _header(args, data_uri, len(frames), wall))
+    _write_results(args.out, df, text, wall)
+    return 0
+
+
+def _data_store(args: argparse.Namespace, progress: bool) -> tuple[ObjectStore, str]:
+    """The frames to benchmark: ``--data`` read-only, or the generated set (written if its spec
+    changed, else reused); with the URI the header names."""
+    if args.data:
+        return open_store(args.data, read_only=True), args.data
+    if "://" not in args.set_dir:
+        Path(args.set_dir).mkdir(parents=True, exist_ok=True)
+    store = open_store(args.set_dir)
+    generate_set(store, _spec_from_args(args), progress=progress)
+    return store, args.set_dir
+
+
+def _write_results(out_uri: str, df: pd.DataFrame, text: str, wall: float) -> None:
+    """``results.parquet`` (one row per method and frame) and ``results.md`` (the summary)."""
+    if "://" not in out_uri:
+        Path(out_uri).mkdir(parents=True, exist_ok=True)
+    out = open_store(out_uri)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     out.put("results.parquet", buf.getvalue())
     out.put("results.md", text.encode())
     print(text)
     print(f"wrote {out.uri.rstrip('/')}/results.parquet and results.md ({wall:.0f} s)")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,9 @@ def bench_pipeline(frames: int, size: int, working_size: int, steps: int, batch_
     import tempfile
 
     from flows.config import load_config
-    from flows.pipeline.actors import ActorPool, RunContext, ensure_ray, fan_out
+    from flows.pipeline.actors import RunContext
+    from flows.pipeline.fanout import ActorPool, fan_out
+    from flows.pipeline.ray_local import ensure_ray
     from storage.reports import new_run_id
     from storage.sidecars import discover
     from storage.stores import open_store

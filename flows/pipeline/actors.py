@@ -7,52 +7,36 @@ as one vectorised call of :class:`restoration.service.FrameRestorer`, writes ``r
 frame becomes a ``quarantined`` row with its reason; nothing a frame contains can fail a batch.
 
 Workers never use Prefect's logger (their logs would not reach the Prefect server): progress
-travels back in the return values and the flow logs it. :func:`fan_out` keeps at most
-``max_in_flight`` batches submitted, and resubmits a batch whose actor crashed (the actor
+travels back in the return values and the flow logs it. :func:`flows.pipeline.fanout.fan_out` keeps
+at most ``max_in_flight`` batches submitted, and resubmits a batch whose actor crashed (the actor
 restarts, ``max_restarts``; a permanently dead one is replaced), so every frame ends up in exactly
 one row. A batch that keeps killing its actor is split into single frames to isolate the culprit,
 which is then quarantined (``worker_crashed``).
 
-Ray runs in-process by default (:func:`ensure_ray`), bound to loopback only; ``RAY_ADDRESS`` or
-``cluster.address`` connects to an existing cluster instead. Credentials are never handed to Ray:
-actors of a local instance inherit the driver's environment, cluster nodes use their own.
-``cluster.resources`` places actors by custom resource; GPU actors pick their device and size
-their calls by memory (:mod:`restoration.device`).
+Ray runs in-process by default (:func:`flows.pipeline.ray_local.ensure_ray`), bound to loopback
+only; ``RAY_ADDRESS`` or ``cluster.address`` connects to an existing cluster instead. Credentials
+are never handed to Ray: actors of a local instance inherit the driver's environment, cluster
+nodes use their own. ``cluster.resources`` places actors by custom resource; GPU actors pick their
+device and size their calls by memory (:mod:`restoration.device`).
 """
 
 from __future__ import annotations
 
-import glob
-import importlib
-import json
 import logging
-import math
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flows.config import ClusterSettings
 from restoration.settings import RestorationSettings
 from storage.errors import FrameError, StorageError
 from storage.sidecars import FrameRef
 
 log = logging.getLogger("checkout_restore.actors")
 
-MAX_RESTARTS = 3  # per actor, then the pool replaces it
-MAX_REPLACEMENTS_PER_ACTOR = 3  # then the run fails: actors that cannot stay up are not a frame's fault
-MAX_ATTEMPTS = 3  # per batch, before it is split into single frames
-LOCAL_MIN_CPUS = 2
-LOCAL_TEMP_PREFIX = "ckr-ray-"  # /tmp/ckr-ray-*: the temp folders of local Ray instances
-OWNER_FILE = "ckr-owner.json"  # in such a folder: the pid (and start time) of the driver owning it
-STALE_UNOWNED_S = 600  # a temp folder without an owner file and no process using it, this old: stale
 
 REPORT_COLUMNS = (
     "key", "id", "status", "reason", "detail", "psnr", "ssim", "kernel_mse", "kernel_ncc", "residual",
@@ -321,320 +305,3 @@ def truth_metrics(restored: np.ndarray, kernel: np.ndarray, sharp: np.ndarray | 
     return out
 
 
-# -- Ray lifecycle ------------------------------------------------------------------------------
-
-
-@contextmanager
-def ensure_ray(cluster: ClusterSettings) -> Iterator[bool]:
-    """Make Ray available for the block; yield True when Ray runs in-process (a local instance).
-
-    Already initialised (e.g. by a test fixture or a notebook): used as is and left running.
-    ``RAY_ADDRESS`` or ``cluster.address``: connect to that cluster. Otherwise start Ray
-    in-process, small (``num_cpus`` just enough for the actors, at least 2), without the
-    dashboard, in a temp folder this call owns and removes, with every Ray process bound to
-    127.0.0.1 (:func:`loopback_ray_init`). Before that, temp folders of local instances whose
-    driver died (killed) are cleaned up: their processes killed, the folders removed
-    (:func:`reap_stale_local_instances`).
-    ``address="local"`` makes Ray ignore a stale ``ray_current_cluster`` file left in its temp
-    folder by a crashed session.
-    """
-    import ray
-
-    global _local_cluster
-    if ray.is_initialized():
-        yield _local_cluster  # a cluster this process started earlier (e.g. a test fixture) is local
-        return
-    address = os.environ.get("RAY_ADDRESS") or cluster.address
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise PipelineError(f"cannot connect to the Ray cluster at {address}: {exc}") from exc
-        try:
-            yield False
-        finally:
-            ray.shutdown()
-        return
-    reap_stale_local_instances()
-    temp_dir = tempfile.mkdtemp(prefix=LOCAL_TEMP_PREFIX, dir=LOCAL_TEMP_BASE)  # short: socket paths
-    try:
-        _write_owner(temp_dir)
-        loopback_ray_init(num_cpus=max(LOCAL_MIN_CPUS, math.ceil(cluster.actors * cluster.num_cpus)),
-                          temp_dir=temp_dir)
-        _local_cluster = True
-        yield True
-    finally:
-        _local_cluster = False
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-_local_cluster = False  # True while a Ray instance started by ensure_ray runs in this process
-LOCAL_TEMP_BASE = "/tmp"
-
-
-def loopback_ray_init(*, num_cpus: int, temp_dir: str) -> None:
-    """``ray.init`` of a local instance in which every process listens on 127.0.0.1 only.
-
-    Ray 2.60 binds its gRPC servers (GCS, raylet, core workers) to all interfaces unless the node
-    IP is exactly 127.0.0.1, and ``ray.init`` replaces a loopback ``_node_ip_address`` by the
-    machine's routable IP unless ``ray_constants.ENABLE_RAY_CLUSTER`` is off (what Ray itself does
-    on macOS/Windows; env ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is imported). With it
-    off during init, the node IP stays 127.0.0.1 and the GCS, raylet, workers, dashboard agent,
-    runtime-env agent and metrics exporter all bind loopback (tests/test_reliability.py lists the
-    sockets). The dashboard is not started. No credential goes through ``runtime_env``: workers
-    inherit the driver's environment from the raylet, and Ray writes nothing of it to its logs.
-    """
-    import ray
-    from ray._private import ray_constants
-
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-                 _node_ip_address="127.0.0.1")
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-def _psutil() -> Any:
-    """psutil as shipped with Ray (``ray/thirdparty_files``, on the path once ray is imported)."""
-    import ray  # noqa: F401
-
-    return importlib.import_module("psutil")
-
-
-def _write_owner(temp_dir: str) -> None:
-    me = _psutil().Process()
-    with open(os.path.join(temp_dir, OWNER_FILE), "w") as f:
-        json.dump({"pid": me.pid, "create_time": me.create_time(), "space": _pid_space()}, f)
-
-
-def _pid_space() -> str:
-    """This machine boot and pid namespace: an owner pid means something only within the same."""
-    parts = []
-    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
-        try:
-            parts.append(os.readlink(path) if path.endswith("/pid") else Path(path).read_text().strip())
-        except OSError:
-            parts.append("?")
-    return " ".join(parts)
-
-
-def _owner_alive(temp_dir: str) -> bool | None:
-    """True/False when the folder names its driver (alive or not); None without an owner file."""
-    psutil = _psutil()
-
-    try:
-        with open(os.path.join(temp_dir, OWNER_FILE)) as f:
-            owner = json.load(f)
-        if owner.get("space") != _pid_space():
-            return True  # another machine or container: not ours to judge, treat as alive
-        proc = psutil.Process(int(owner["pid"]))
-        return abs(proc.create_time() - float(owner["create_time"])) < 1.0  # not a reused pid
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    except psutil.Error:
-        return False
-
-
-def _processes_using(temp_dir: str) -> list[Any]:
-    """Processes whose command line names ``temp_dir`` (every Ray process of that instance does)."""
-    psutil = _psutil()
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            args = proc.info["cmdline"] or ()
-            if proc.pid != os.getpid() and any(temp_dir + os.sep in a or a.endswith(temp_dir) for a in args):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def reap_stale_local_instances(base: str | None = None) -> list[str]:
-    """Kill what a dead driver's local Ray instance left behind and remove its temp folder.
-
-    A folder ``<base>/ckr-ray-*`` is stale when its owner file names a process that is gone (or a
-    reused pid), or, without an owner file, when no process uses it and it is older than
-    :data:`STALE_UNOWNED_S`. Its processes (GCS, raylet, agents, workers: their command lines
-    name the folder) get SIGTERM, then SIGKILL after 5 s. Returns the folders removed.
-    """
-    psutil = _psutil()
-    removed = []
-    for temp_dir in sorted(glob.glob(os.path.join(base or LOCAL_TEMP_BASE, LOCAL_TEMP_PREFIX + "*"))):
-        alive = _owner_alive(temp_dir)
-        if alive:
-            continue
-        procs = _processes_using(temp_dir)
-        if alive is None and (procs or time.time() - os.path.getmtime(temp_dir) < STALE_UNOWNED_S):
-            continue
-        for proc in procs:
-            with suppress(psutil.Error):
-                proc.terminate()
-        _, left = psutil.wait_procs(procs, timeout=5)
-        for proc in left:
-            with suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(left, timeout=5)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        log.warning("cleaned up a dead run's local Ray instance: %d processes stopped, %s removed",
-                    len(procs), temp_dir)
-        removed.append(temp_dir)
-    return removed
-
-
-class ActorPool:
-    """``cluster.actors`` restore actors, replaced when one dies for good."""
-
-    def __init__(self, cluster: ClusterSettings, settings: RestorationSettings, ctx: RunContext,
-                 *, local: bool, fault_hook: FaultHook | None = None,
-                 restorer_factory: RestorerFactory | None = None) -> None:
-        import ray
-
-        self._ray = ray
-        self._cluster = cluster
-        self._args = (settings.model_dump(), ctx, "cuda" if cluster.num_gpus > 0 else "cpu",
-                      max(1, math.floor(cluster.num_cpus)), fault_hook, restorer_factory)
-        options: dict[str, Any] = {
-            "num_cpus": cluster.num_cpus, "num_gpus": cluster.num_gpus,
-            "max_restarts": MAX_RESTARTS, "max_task_retries": 0,  # resubmission is explicit (fan_out)
-        }
-        if cluster.resources:  # placement by custom resource: only nodes that offer it get actors
-            options["resources"] = dict(cluster.resources)
-        # No runtime_env with credentials: Ray logs runtime envs to files. Local actors inherit the
-        # driver's environment; cluster nodes bring their own (environment or instance role).
-        self._local = local
-        self._cls = ray.remote(RestoreWorker).options(**options)
-        self.actors = [self._cls.remote(*self._args) for _ in range(cluster.actors)]
-        self.replaced = 0
-
-    def ready(self) -> list[dict[str, Any]]:
-        """Wait for every actor's priors; a failure here (not a frame's fault) fails the run."""
-        try:
-            return self._ray.get([a.ready.remote() for a in self.actors])
-        except self._ray.exceptions.RayError as exc:
-            raise PipelineError(f"restore actors failed to start: {exc}") from exc
-
-    def replace(self, index: int) -> None:
-        self._ray.kill(self.actors[index], no_restart=True)
-        self.actors[index] = self._cls.remote(*self._args)
-        self.replaced += 1
-
-    def close(self) -> None:
-        for actor in self.actors:
-            self._ray.kill(actor, no_restart=True)
-
-
-@dataclass(frozen=True)
-class BatchDone:
-    """Progress relayed to the flow after each batch (the flow logs it and updates artifacts)."""
-
-    rows: list[dict]
-    frames_done: int
-    frames_total: int
-    batches_done: int
-    batches_total: int
-    resubmitted: int
-    elapsed_s: float
-
-
-def fan_out(
-    pool: ActorPool,
-    batches: Sequence[list[FrameRef]],
-    *,
-    max_in_flight: int,
-    on_batch: Callable[[BatchDone], None] | None = None,
-    logger: logging.Logger | logging.LoggerAdapter = log,
-    max_attempts: int = MAX_ATTEMPTS,
-) -> tuple[list[dict], int]:
-    """Run every batch on the pool; returns (rows in completion order, batches resubmitted).
-
-    Each actor holds at most one batch and at most ``max_in_flight`` are outstanding (``ray.wait``),
-    so when an actor dies the batch it was running is known exactly (a batch queued behind it
-    would fail too, innocently). That batch is resubmitted once the actor is back: a probe call
-    with task retries waits for Ray to restart it, and an actor out of restarts is replaced. After
-    ``max_attempts`` failures a multi-frame batch is split into single frames (one more attempt
-    each), and a single frame that still kills its actor is quarantined as ``worker_crashed``.
-    ``logger`` is the driver-side logger (the flow passes Prefect's run logger).
-    """
-    ray = pool._ray
-    queue: list[tuple[list[FrameRef], int]] = [(list(b), 0) for b in reversed(batches) if b]
-    frames_total = sum(len(b) for b, _ in queue)
-    batches_total = len(queue)
-    idle = list(range(len(pool.actors)))  # actors ready for a batch
-    batch_refs: dict[Any, tuple[list[FrameRef], int, int]] = {}  # ref -> (batch, attempts, actor index)
-    probe_refs: dict[Any, int] = {}  # ref of a ready() probe -> actor index
-    rows: list[dict] = []
-    resubmitted = batches_done = replacements = 0
-    start = time.monotonic()
-
-    def finished(got: list[dict]) -> None:
-        nonlocal batches_done
-        rows.extend(got)
-        batches_done += 1
-        if on_batch is not None:
-            on_batch(BatchDone(rows=got, frames_done=len(rows), frames_total=frames_total,
-                               batches_done=batches_done, batches_total=batches_total,
-                               resubmitted=resubmitted, elapsed_s=time.monotonic() - start))
-
-    def recover(idx: int, dead: bool) -> None:
-        nonlocal replacements
-        if dead:  # out of restarts (or never started): a fresh actor takes its place
-            replacements += 1
-            if replacements > MAX_REPLACEMENTS_PER_ACTOR * len(pool.actors):
-                raise PipelineError(f"restore actors keep dying ({replacements} replaced); giving up")
-            pool.replace(idx)
-        # Task retries make the probe wait until Ray has restarted the actor.
-        probe_refs[pool.actors[idx].ready.options(max_task_retries=-1).remote()] = idx
-
-    def retry(batch: list[FrameRef], attempts: int, reason: str, detail: str) -> None:
-        """Resubmit a failed batch; after ``max_attempts``, split it into single frames; a single
-        frame that keeps failing is quarantined with ``reason``."""
-        nonlocal resubmitted, batches_total
-        if attempts < max_attempts:
-            resubmitted += 1
-            queue.append((batch, attempts))
-        elif len(batch) > 1:
-            resubmitted += len(batch)
-            batches_total += len(batch) - 1
-            queue.extend(([one], max_attempts - 1) for one in reversed(batch))
-        else:
-            finished(quarantine_rows(batch, reason, detail))
-
-    while queue or batch_refs:
-        while queue and idle and len(batch_refs) < max_in_flight:
-            batch, attempts = queue.pop()
-            idx = idle.pop(0)
-            batch_refs[pool.actors[idx].restore.remote(batch)] = (batch, attempts, idx)
-        [ref], _ = ray.wait([*batch_refs, *probe_refs], num_returns=1)
-        if ref in probe_refs:
-            idx = probe_refs.pop(ref)
-            try:
-                ray.get(ref)
-                idle.append(idx)
-            except ray.exceptions.RayActorError:
-                recover(idx, dead=True)
-            continue
-        batch, attempts, idx = batch_refs.pop(ref)
-        try:
-            got = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
-            logger.warning("actor %d died on a batch of %d frames (attempt %d): %s",
-                           idx, len(batch), attempts + 1, exc)
-            recover(idx, dead=isinstance(exc, ray.exceptions.ActorDiedError))
-            retry(batch, attempts + 1, "worker_crashed", f"the actor died {attempts + 1} times: {exc}")
-            continue
-        except ray.exceptions.RayError as exc:
-            # The batch call raised (or its result was lost) but the actor lives: not a crash. The
-            # worker isolates frames itself, so this is rare; retry, then split, then quarantine.
-            cause = getattr(exc, "cause", None) or exc
-            logger.warning("a batch of %d frames failed on actor %d (attempt %d): %s: %s",
-                           len(batch), idx, attempts + 1, type(cause).__name__, cause)
-            idle.append(idx)
-            retry(batch, attempts + 1, "unexpected_error", f"{type(cause).__name__}: {cause}"[:2000])
-            continue
-        idle.append(idx)
-        finished(got)
-    return rows, resubmitted

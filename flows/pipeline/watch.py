@@ -132,30 +132,36 @@ def poll_once(
     return PollResult(uploads=tuple(uploads), emitted=len(batch), seen=len(current)), current
 
 
+@dataclass(frozen=True)
+class WatchOptions:
+    """How :func:`watch` polls (the flags of ``checkout-restore watch``)."""
+
+    state_path: Path | None = None  # seen-keys state file (default: in ~/.cache, per store)
+    interval_s: float = DEFAULT_INTERVAL_S
+    once: bool = False
+    baseline: bool = False
+    max_events: int = DEFAULT_MAX_EVENTS
+    check_changes: bool = False
+    max_backoff_s: float = 60.0
+
+
 def watch(
-    store: ObjectStore,
-    emit: Emitter,
-    *,
-    state_path: Path | None = None,
-    interval_s: float = DEFAULT_INTERVAL_S,
-    once: bool = False,
-    baseline: bool = False,
-    max_events: int = DEFAULT_MAX_EVENTS,
-    check_changes: bool = False,
+    store: ObjectStore, emit: Emitter, options: WatchOptions | None = None,
     stop: threading.Event | None = None,
-    max_backoff_s: float = 60.0,
 ) -> int:
     """Poll until ``stop`` is set (or once); return the number of events sent.
 
-    ``baseline`` makes the first poll record the store's current frames without emitting. A poll
+    ``options.baseline`` makes the first poll record the store's current frames without emitting. A poll
     that fails transiently (store unreachable, Prefect API down) is retried with backoff up to
     ``max_backoff_s``, logging one line when the outage starts and one when it ends; nothing is
     marked seen until its events were sent. Permanent errors (missing bucket, credentials) and
     any failure with ``once`` are raised.
     """
+    opts = options or WatchOptions()
+    interval_s, once, max_backoff_s = opts.interval_s, opts.once, opts.max_backoff_s
     if interval_s <= 0:
         raise ValueError("interval_s must be > 0")
-    path = state_path or default_state_path(store.uri)
+    path = opts.state_path or default_state_path(store.uri)
     stop = stop or threading.Event()
     seen = load_state(path, store.uri)
     log.info("watching %s (state %s, %d frames already seen)", store.uri, path, len(seen))
@@ -165,8 +171,9 @@ def watch(
                       maximum=max_backoff_s)
     while True:
         try:
-            result, seen = poll_once(store, seen, emit, max_events=max_events, check_changes=check_changes,
-                                     emit_events=not (baseline and first))
+            emit_events = not (opts.baseline and first)
+            result, seen = poll_once(store, seen, emit, max_events=opts.max_events,
+                                     check_changes=opts.check_changes, emit_events=emit_events)
         except (StorageError, EventEmitError, ConnectionError, TimeoutError) as exc:
             if once or is_permanent(exc):
                 raise

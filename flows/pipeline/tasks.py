@@ -1,0 +1,192 @@
+"""The ``restore-frames`` flow's discovery and restoration tasks (module docstring of
+flows/pipeline/flow.py): which frames are pending, and their batches fanned out to the actors."""
+
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from flows.errors import is_transient
+from flows.pipeline.actors import frame_failure_row, report_row
+from flows.pipeline.fanout import ActorPool, BatchDone, fan_out
+from storage.base import ObjectStore
+from storage.errors import ObjectNotFoundError, StoreAccessError
+from storage.keys import output_keys
+from storage.ledger import LedgerEntry, look_up
+from storage.sidecars import IMAGE_EXTENSIONS, FrameRef, discover
+from storage.stores import open_store
+
+LOOKUP_WORKERS = 8
+ARTIFACT_PREFIX = "restore-frames"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A discovered frame with its source and sidecar ETags (read now) and its ledger entry (if
+    any); ``quarantined`` is the reason when that entry records a content error instead of
+    outputs; ``failed`` is the quarantine row when looking the frame up failed (this frame only)."""
+
+    ref: FrameRef
+    entry: LedgerEntry | None
+    quarantined: str | None = None
+    failed: dict | None = None
+
+
+@dataclass(frozen=True)
+class Discovery:
+    candidates: list[Candidate]
+    invalid: list[tuple[str, str]]  # (key, problem) for keys that break the key rules
+    unsupported: list[str] = field(default_factory=list)  # neither a frame nor a sidecar (.bmp, .tiff...)
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a retry can fix: backend/network failures, not bad input, config, a missing
+    bucket or credentials (``flows.errors.is_permanent``)."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+IO_TASK = {"retries": 3, "retry_delay_seconds": [1, 5, 20], "retry_condition_fn": _transient,
+           "cache_policy": NO_CACHE}
+
+
+@task(name="discover-frames", **IO_TASK)
+def discover_frames(source_uri: str, dest_uri: str) -> Discovery:
+    """Every frame under the source with its current ETag and ledger entry (discovery order)."""
+    return find_frames(open_store(source_uri, read_only=True), open_store(dest_uri))
+
+
+def find_frames(source: ObjectStore, dest: ObjectStore) -> Discovery:
+    """:func:`discover` the source and :func:`storage.ledger.look_up` each frame (threads);
+    :func:`plan_run` then decides what is pending. Writes nothing."""
+    invalid: list[tuple[str, str]] = []
+    unsupported: list[str] = []
+
+    def look(ref: FrameRef) -> Candidate | None:
+        try:
+            current, entry = look_up(source, dest, ref)
+        except ObjectNotFoundError:
+            return None  # deleted since the listing
+        except Exception as exc:  # this frame's lookup only: its row, not the run's failure
+            return Candidate(ref=ref, entry=None, failed=frame_failure_row(ref, exc, stage="read"))
+        return Candidate(ref=current, entry=entry, quarantined=entry.quarantine_reason if entry else None)
+
+    refs = discover(source, on_invalid=lambda key, problem: invalid.append((key, problem)),
+                    on_other=unsupported.append)
+    with ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="discover") as pool:
+        found = [c for c in pool.map(look, refs) if c is not None]
+    failed = [c for c in found if c.failed is not None and c.failed["reason"] == "read_error"]
+    if failed and len(failed) == len(found):
+        # Every lookup failed on the store: that is the store, not the frames (Prefect retries).
+        raise StoreAccessError(f"every frame lookup failed, e.g. {failed[0].failed['detail']}",
+                               operation="discover", key=None)
+    return Discovery(candidates=found, invalid=invalid, unsupported=unsupported)
+
+
+@dataclass(frozen=True)
+class Plan:
+    pending: list[FrameRef]
+    deferred: int  # pending frames left for a later run by ``limit``
+    rows: list[dict]  # skipped and quarantined-before-restoration rows
+
+
+def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int | None) -> Plan:
+    """Split candidates into skipped (up to date) and pending; apply ``limit`` to the pending."""
+    rows: list[dict] = []
+    pending: list[FrameRef] = []
+    for key, problem in found.invalid:
+        rows.append(report_row(FrameRef(key=key, id=key), "quarantined", reason="invalid_key",
+                               detail=problem))
+    supported = ", ".join(IMAGE_EXTENSIONS)
+    for key in found.unsupported:
+        ext = os.path.splitext(key)[1].lower() or "(no extension)"
+        rows.append(report_row(FrameRef(key=key, id=key), "skipped", reason="unsupported_format",
+                               detail=f"{ext} is not restored; supported frame formats: {supported}"))
+    for cand in found.candidates:
+        ref = cand.ref
+        for dup in ref.duplicates:
+            rows.append(report_row(FrameRef(key=dup, id=ref.id), "quarantined", reason="duplicate_id",
+                                   detail=f"same id as {ref.key!r}, which is restored instead"))
+        if cand.failed is not None:
+            rows.append(cand.failed)
+            continue
+        assert ref.etag is not None
+        current = cand.entry is not None and cand.entry.is_current(ref, ref.etag, config_hash, model_version)
+        if current and cand.quarantined:
+            rows.append(report_row(ref, "skipped", reason=f"quarantined_before:{cand.quarantined}",
+                                   detail="unchanged since a run found it unusable"))
+        elif current:
+            rkey, kkey, kpng = output_keys(ref.id)
+            rows.append(report_row(ref, "skipped", reason="up_to_date", restored_key=rkey, kernel_key=kkey,
+                                   kernel_png_key=kpng))
+        else:
+            pending.append(ref)
+    deferred = 0
+    if limit is not None and len(pending) > limit:
+        deferred = len(pending) - limit
+        pending = pending[:limit]
+    return Plan(pending=pending, deferred=deferred, rows=rows)
+
+
+class Progress:
+    """Progress of the restore phase: a tqdm bar on a terminal (``stream.isatty()``), otherwise one
+    compact log line every ``every`` frames and at the end (deployments, log files)."""
+
+    def __init__(self, total: int, logger: Any, every: int = 100, stream: Any = None) -> None:
+        from tqdm import tqdm
+
+        self.total, self.logger, self.every = total, logger, every
+        stream = stream if stream is not None else sys.stderr
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=total, unit="frame", desc="restoring", file=stream, dynamic_ncols=True) \
+            if tty else None
+        self.logged = 0
+
+    def update(self, done: int, elapsed_s: float, resubmitted: int) -> None:
+        rate = done / elapsed_s if elapsed_s > 0 else float("nan")
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix(resubmitted=resubmitted, refresh=False)
+        elif done - self.logged >= self.every or (done == self.total and done != self.logged):
+            self.logged = done
+            self.logger.info("%d/%d frames (%.0f%%), %.2f frames/s, %d batches resubmitted", done, self.total,
+                             100.0 * done / self.total, rate, resubmitted)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@task(name="restore-batches", cache_policy=NO_CACHE)
+def restore_batches(pool: ActorPool, refs: list[FrameRef], batch_size: int, max_in_flight: int,
+                    progress_id: Any, progress_every: int = 100) -> tuple[list[dict], int]:
+    """Fan the frames out to the actors; :class:`Progress` shows how far it got (a bar on a
+    terminal, a compact line every ``progress_every`` frames otherwise). The progress artifact
+    moves with every batch."""
+    logger = get_run_logger()
+    batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
+    logger.info("restoring %d frames in %d batches on %d actors", len(refs), len(batches), len(pool.actors))
+    progress = Progress(len(refs), logger, progress_every)
+
+    def on_batch(done: BatchDone) -> None:
+        for row in done.rows:
+            if row["status"] == "quarantined":
+                logger.warning("quarantined %s: %s (%s)", row["key"], row["reason"], row["detail"])
+        progress.update(done.frames_done, done.elapsed_s, done.resubmitted)
+        if progress_id is not None:
+            update_progress_artifact(progress_id, progress=100.0 * done.frames_done / done.frames_total)
+
+    try:
+        return fan_out(pool, batches, max_in_flight=max_in_flight, on_batch=on_batch, logger=logger)
+    finally:
+        progress.close()
