@@ -37,7 +37,6 @@ disc radius that minimises the suite's mean kernel-MSE, chosen with hindsight.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from collections.abc import Sequence
@@ -53,7 +52,7 @@ from flows.evaluation.frames import BenchError, BenchFrame, load_frames
 from flows.evaluation.methods import METHOD_NAMES, METHODS, BenchContext
 from flows.evaluation.scoring import COLUMNS, _code_columns, _nan, _quantise, fixed_kernel_rows, score
 from flows.evaluation.suites import SUITES, BenchSpec, generate_set
-from flows.evaluation.tables import _header, markdown, summary_table
+from flows.evaluation.tables import _header, markdown, summary_table, write_results
 from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from storage.base import ObjectStore
 from storage.stores import open_store
@@ -181,16 +180,9 @@ def _data_store(args: argparse.Namespace, progress: bool) -> tuple[ObjectStore, 
 
 
 def _write_results(out_uri: str, df: pd.DataFrame, text: str, wall: float) -> None:
-    """``results.parquet`` (one row per method and frame) and ``results.md`` (the summary)."""
     if "://" not in out_uri:
         Path(out_uri).mkdir(parents=True, exist_ok=True)
-    out = open_store(out_uri)
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    out.put("results.parquet", buf.getvalue())
-    out.put("results.md", text.encode())
-    print(text)
-    print(f"wrote {out.uri.rstrip('/')}/results.parquet and results.md ({wall:.0f} s)")
+    write_results(open_store(out_uri), df, text, wall)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

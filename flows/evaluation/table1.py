@@ -48,6 +48,7 @@ import torch
 from flows.evaluation.frames import BenchError
 from flows.evaluation.methods import METHOD_NAMES as BLIND_METHODS
 from flows.evaluation.scoring import COLUMNS
+from flows.evaluation.tables import write_results
 from flows.fonts import find_fonts
 from restoration.baselines import bicubic_upsample, hio_phase_retrieval, inpaint_classical
 from restoration.classical import wiener_deconv
@@ -410,13 +411,7 @@ def run_table1(args: argparse.Namespace, tasks: list[str]) -> int:
         "",
         "",
     ])  # fmt: skip
-    text = header + paper_table(df)
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    out.put("results.parquet", buf.getvalue())
-    out.put("results.md", text.encode())
-    print(text)
-    print(f"wrote {out.uri.rstrip('/')}/results.parquet and results.md ({wall:.0f} s)")
+    write_results(out, df, header + paper_table(df), wall)
     return 0
 
 

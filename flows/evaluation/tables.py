@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import math
 import os
 import platform
@@ -15,6 +16,7 @@ import pandas as pd
 import torch
 
 from flows.evaluation.methods import METHOD_NAMES
+from storage.base import ObjectStore
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -124,3 +126,13 @@ def _header(args: argparse.Namespace, data_uri: str, n: int, wall: float) -> str
         " `<id>.codes.json`); sharp reads: the same on the sharp truth; codes lost: frames where a"
         " code read in the blurred input is not read in the output.",
     ])  # fmt: skip
+
+
+def write_results(out: ObjectStore, df: pd.DataFrame, text: str, wall: float) -> None:
+    """``results.parquet`` (one row per method and frame) and ``results.md`` (``text``, printed too)."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    out.put("results.parquet", buf.getvalue())
+    out.put("results.md", text.encode())
+    print(text)
+    print(f"wrote {out.uri.rstrip('/')}/results.parquet and results.md ({wall:.0f} s)")
