@@ -45,21 +45,17 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def size_frame(width: int, height: int, seed: int = 0) -> Any:
     """A blurred synthetic checkout frame (H, W, 3) uint8 of the given size (deterministic)."""
-    import numpy as np
-    import torch
 
     from restoration import kernels as kern
-    from restoration.operators import blur
     from restoration.rng import generator_for
     from restoration.synthetic import HELDOUT_SEED_START, render_canvas
+    from restoration.synthetic.degrade import observe
 
     g = generator_for(f"bench-sizes/{width}x{height}/{seed}")
     ksize = 21
     k = kern.sample_kernels(1, ksize, g, ("motion",)).double()
     canvas = render_canvas(HELDOUT_SEED_START + 900_000 + seed, height + ksize - 1, width + ksize - 1)
-    x = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1)[None].double() / 255
-    y = blur(x, k / k.sum()) + 0.01 * torch.randn(1, 3, height, width, generator=g, dtype=torch.float64)
-    return (y.clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).numpy()
+    return observe(canvas, k / k.sum(), 0.01, g)[0]
 
 
 def measure_one(width: int, height: int, config: str, threads: int, device: str,

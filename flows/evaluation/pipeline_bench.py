@@ -10,25 +10,29 @@ from typing import Any
 
 
 def bench_frames(n: int, size: int, seed: int = 0) -> list[bytes]:
-    """``n`` synthetic blurred PNG frames (smooth colour fields with edges, 9-px motion blur)."""
+    """``n`` synthetic blurred PNG frames (smooth colour fields with edges, 9-px horizontal motion
+    blur, noise 0.02), observed like every synthetic frame (restoration/synthetic/degrade.py)."""
     import numpy as np
-    from scipy.ndimage import convolve
+    import torch
 
+    from restoration.rng import generator_for
+    from restoration.synthetic.degrade import observe
     from storage.images import encode_png
 
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    kernel = np.zeros((9, 9))
-    kernel[4, :] = 1 / 9
+    g = generator_for(f"bench-pipeline/{seed}")
+    side = size + 8  # the valid blur of a 9-px kernel
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    kernel = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    kernel[0, 0, 4, :] = 1 / 9
     out = []
     for _ in range(n):
         img = np.stack([np.sin(2 * np.pi * (rng.uniform(1, 3) * xx + rng.uniform(0, 1) * yy + rng.uniform()))
                         for _ in range(3)], axis=-1) * 0.3 + 0.5
-        x0, y0 = rng.integers(0, size // 2, 2)
-        img[y0:y0 + size // 3, x0:x0 + size // 3] = rng.uniform(0, 1, 3)
-        blurred = np.stack([convolve(img[..., c], kernel, mode="nearest") for c in range(3)], axis=-1)
-        noisy = blurred + rng.normal(0, 0.02, blurred.shape)
-        out.append(encode_png(np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)))
+        x0, y0 = rng.integers(0, side // 2, 2)
+        img[y0:y0 + side // 3, x0:x0 + side // 3] = rng.uniform(0, 1, 3)
+        canvas = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+        out.append(encode_png(observe(canvas, kernel, 0.02, g)[0]))
     return out
 
 

@@ -18,9 +18,9 @@ from scipy import ndimage
 from flows.evaluation.bench_native import ALIASES, native_files
 from flows.evaluation.frames import BenchError
 from restoration import kernels as kern
-from restoration.operators import blur
 from restoration.rng import generator_for
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
+from restoration.synthetic.degrade import observe
 from storage.base import ObjectStore
 from storage.images import encode_png
 from storage.sidecars import save_kernel
@@ -192,19 +192,17 @@ def _frame_arrays(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, by
     k = k / k.sum()
     side = spec.size + ksize - 1
     canvas = render_canvas(seed, side, side, list(spec.fonts))
-    x = torch.from_numpy(canvas).permute(2, 0, 1)[None].double() / 255.0
-    y = blur(x, k, method="direct")[0].permute(1, 2, 0).numpy()  # (size, size, 3) on [0, 1]
-    c = (ksize - 1) // 2
-    sharp = canvas[c : c + spec.size, c : c + spec.size]
-    mask = None
-    coverage = None
-    if suite in OCCLUDED_SUITES:
+    hands: list[np.ndarray] = []
+
+    def occlude(y: np.ndarray) -> np.ndarray:  # after the blur, before the noise: the set's draw order
         hand, colour = hand_occluder(spec.size, spec.size, g, spec.occlusion)
-        y = np.where(hand[..., None], colour, y)
-        mask = ~hand
-        coverage = float(hand.mean())
-    noise = torch.randn(y.shape, generator=g, dtype=torch.float64).numpy() * spec.noise_sigma
-    y8 = np.clip(np.rint((y + noise) * 255.0), 0, 255).astype(np.uint8)
+        hands.append(hand)
+        return np.where(hand[..., None], colour, y)
+
+    y8, sharp = observe(canvas, k, spec.noise_sigma, g, method="direct",
+                        occlude=occlude if suite in OCCLUDED_SUITES else None)
+    mask = ~hands[0] if hands else None
+    coverage = float(hands[0].mean()) if hands else None
     fid = f"{suite}/f{index:03d}"
     files = {
         f"{fid}.png": encode_png(y8),

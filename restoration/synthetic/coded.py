@@ -22,8 +22,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from restoration import kernels as kern
-from restoration.operators import blur
 from restoration.synthetic import elements as el
+from restoration.synthetic.degrade import observe
 from restoration.synthetic.render import render_canvas
 
 ASPECTS: tuple[tuple[int, int], ...] = ((4, 3), (1, 1), (3, 4))  # width : height
@@ -125,10 +125,6 @@ def native_frame(g: torch.Generator, seed: int, kind: str, fonts: Sequence[str] 
     scene = Image.fromarray(canvas)
     scene.paste(label, (x0, y0))
     canvas = np.array(scene)
-    x = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1)[None].double() / 255.0
-    y = blur(x, k)[0].permute(1, 2, 0).numpy()
-    sigma = _uniform(g, *NOISE)
-    noise = torch.randn(y.shape, generator=g, dtype=torch.float64).numpy() * sigma
-    y8 = np.clip(np.rint((y + noise) * 255.0), 0, 255).astype(np.uint8)
-    sharp = np.ascontiguousarray(canvas[c : c + h, c : c + w])
-    return NativeFrame(y8, sharp, k[0, 0].numpy(), codes, price, sigma)
+    sigma = _uniform(g, *NOISE)  # the blur draws nothing: drawn here, the order is unchanged
+    y8, sharp = observe(canvas, k, sigma, g)
+    return NativeFrame(y8, np.ascontiguousarray(sharp), k[0, 0].numpy(), codes, price, sigma)
