@@ -50,9 +50,9 @@ from flows.config import load_config
 from flows.evaluation.bench_native import ALIASES
 from flows.evaluation.frames import BenchError, BenchFrame, load_frames
 from flows.evaluation.methods import METHOD_NAMES, METHODS, BenchContext
-from flows.evaluation.scoring import COLUMNS, _code_columns, _nan, _quantise, fixed_kernel_rows, score
+from flows.evaluation.scoring import COLUMNS, code_columns, fixed_kernel_rows, nan, quantise, score
 from flows.evaluation.suites import SUITES, BenchSpec, generate_set
-from flows.evaluation.tables import _header, markdown, summary_table, write_results
+from flows.evaluation.tables import markdown, results_header, summary_table, write_results
 from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from storage.base import ObjectStore
 from storage.stores import open_store
@@ -72,23 +72,23 @@ def run_method(
         started = time.perf_counter()
         out = fn([frame], ctx)
         seconds = time.perf_counter() - started
-        x = _quantise(out.x)
+        x = quantise(out.x)
         if x.shape[-2:] != frame.y.shape[-2:]:
             raise BenchError(f"{name} returned {tuple(x.shape[-2:])} for {frame.id}, "
                              f"not the input size {tuple(frame.y.shape[-2:])}")
         row = {"method": name, "frame": frame.id, "suite": frame.suite}
         row.update(score(frame, x, out.kernel, ctx.settings.kernel_size))
-        choice, choice_score = out.choices[0] if out.choices else ("", _nan())
+        choice, choice_score = out.choices[0] if out.choices else ("", nan())
         row.update(
             seconds=seconds,
             nfe=int(out.nfe),
-            kernel_size_true=_nan() if frame.kernel is None else frame.kernel.shape[-1],
-            kernel_size_est=_nan() if out.kernel is None else out.kernel.shape[-1],
+            kernel_size_true=nan() if frame.kernel is None else frame.kernel.shape[-1],
+            kernel_size_est=nan() if out.kernel is None else out.kernel.shape[-1],
             note="",
             kernel_choice=choice,
             kernel_score=choice_score,
         )
-        row.update(_code_columns(frame, x))
+        row.update(code_columns(frame, x))
         rows.append(row)
     return rows
 
@@ -162,7 +162,7 @@ def bench_main(args: argparse.Namespace) -> int:
     rows.extend(fixed_kernel_rows(frames, settings.kernel_size))
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     wall = time.perf_counter() - started
-    text = markdown(summary_table(df), _header(args, data_uri, len(frames), wall))
+    text = markdown(summary_table(df), results_header(args, data_uri, len(frames), wall))
     _write_results(args.out, df, text, wall)
     return 0
 

@@ -58,7 +58,7 @@ def load_frames(
     for ref in refs:
         data = load_frame(store, ref)
         codes = _true_codes(store, ref.id)
-        codes_sharp = () if codes is None or data.sharp is None else _read(data.sharp, codes)
+        codes_sharp = () if codes is None or data.sharp is None else read_codes(data.sharp, codes)
         frames.append(
             BenchFrame(
                 id=ref.id,
@@ -90,7 +90,7 @@ def _true_codes(store: ObjectStore, frame_id: str) -> tuple[str, ...] | None:
     return tuple(str(c) for c in codes)
 
 
-def _read(image: np.ndarray, truth: tuple[str, ...]) -> tuple[str, ...]:
+def read_codes(image: np.ndarray, truth: tuple[str, ...]) -> tuple[str, ...]:
     """The true code texts zxing-cpp reads back from an 8-bit frame (a wrong text does not count)."""
     found = set(decode_codes(image))
     return tuple(c for c in truth if c in found)

@@ -38,8 +38,6 @@ from flows.evaluation.prior_measures import (
     KERNEL_SIZE_TS,
     NATIVE_HELDOUT_START,
     NATIVE_REFERENCE_START,
-    _prior_label,
-    _to01,
     denoise_markdown,
     denoise_table,
     get_prior,
@@ -48,6 +46,8 @@ from flows.evaluation.prior_measures import (
     kernel_size_rows,
     kernel_stats,
     native_crops,
+    prior_label,
+    to01,
     unconditional,
     wiener_spectrum,
 )
@@ -193,13 +193,13 @@ def cmd_x0_figure(args: argparse.Namespace) -> str:
         for i in range(x0.shape[0]):
             for j, (title, imgs) in enumerate(cols):
                 ax = axes[row + i, j]
-                ax.imshow(_to01(imgs[i]).permute(1, 2, 0).numpy(), interpolation="nearest")
+                ax.imshow(to01(imgs[i]).permute(1, 2, 0).numpy(), interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if row + i == 0 or (row + i == 3 and j == 0):
                     ax.set_title(title if row + i == 0 else "clean (native crop)", fontsize=8)
         row += x0.shape[0]
-    fig.suptitle(f"{_prior_label(prior)}: one-step x̂0; rows 1-3 scene renders 64 px, "
+    fig.suptitle(f"{prior_label(prior)}: one-step x̂0; rows 1-3 scene renders 64 px, "
                  f"rows 4-6 native crops {args.crop} px", fontsize=9)
     fig.tight_layout()
     out = args.docs / "prior_image_x0hat.png"
@@ -251,10 +251,10 @@ def cmd_kernel_stats(args: argparse.Namespace) -> str:
 def cmd_image_samples(args: argparse.Namespace) -> str:
     prior = get_prior("image", args.prior_dir)
     x = unconditional(prior, (args.n_images, 3, args.size, args.size), args.steps, args.seed)
-    tiles = _to01(x).permute(0, 2, 3, 1).numpy()
+    tiles = to01(x).permute(0, 2, 3, 1).numpy()
     save_grid(tiles, args.docs / "prior_image_samples.png", cols=8, scale=2)
     ref = heldout_renders(8, args.size)
-    save_grid(_to01(ref).permute(0, 2, 3, 1).numpy(), args.docs / "prior_image_reference.png",
+    save_grid(to01(ref).permute(0, 2, 3, 1).numpy(), args.docs / "prior_image_reference.png",
               cols=8, scale=2)
     md = (f"{args.n_images} unconditional samples, {args.size}x{args.size}, {args.steps} "
           f"Euler-Maruyama steps of the reverse SDE (final x̂0), seed {args.seed}: "

@@ -72,7 +72,7 @@ def native_crops(seeds: Sequence[int], crop: int, cache_dir: Path | None = None)
     return torch.from_numpy(arr).float() / 127.5 - 1.0
 
 
-def _to01(x: torch.Tensor) -> torch.Tensor:
+def to01(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) / 2).float()
 
 
@@ -82,7 +82,7 @@ def gaussian_denoise_psnr(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     out = torch.empty(y.shape[0], len(SIGMA_GRID))
     for j, s in enumerate(SIGMA_GRID):
         f = yn if s == 0 else gaussian_filter(yn, sigma=(0, 0, s, s), mode="reflect")
-        out[:, j] = psnr(_to01(torch.from_numpy(f)), _to01(ref))
+        out[:, j] = psnr(to01(torch.from_numpy(f)), to01(ref))
     return out
 
 
@@ -141,9 +141,9 @@ def denoise_table(prior: Prior, n: int = 64, size: int = 64, seed: int = 0,
             est.append(cld.x0_hat(xs, vs, prior.score(xs, vs, ts), ts))
             s_base = cld.score_from_eps(prior.net.gaussian_eps(xs, vs, ts.float()), ts)
             base.append(cld.x0_hat(xs, vs, s_base, ts))
-        p_prior = psnr(_to01(torch.cat(est)), _to01(x0))
-        p_base = psnr(_to01(torch.cat(base)), _to01(x0))
-        p_wiener = psnr(_to01(wiener_x0(cld, p.x, p.v, t_val, mean, power)), _to01(x0))
+        p_prior = psnr(to01(torch.cat(est)), to01(x0))
+        p_base = psnr(to01(torch.cat(base)), to01(x0))
+        p_wiener = psnr(to01(wiener_x0(cld, p.x, p.v, t_val, mean, power)), to01(x0))
         dxx = float(cld.mean_matrix(torch.tensor(t_val, dtype=torch.float64))[0, 0])
         y = p.x / dxx
         table = gaussian_denoise_psnr(y, x0)
@@ -165,7 +165,7 @@ def denoise_table(prior: Prior, n: int = 64, size: int = 64, seed: int = 0,
     return rows
 
 
-def _prior_label(prior: Prior) -> str:
+def prior_label(prior: Prior) -> str:
     init = prior.meta.get("init_from")
     tail = f", warm-started from `{init['version']}` ({init['steps']} steps)" if init else ""
     return f"Image prior `{prior.version}` ({prior.meta.get('steps')} steps{tail})"
@@ -176,7 +176,7 @@ def denoise_markdown(rows: Sequence[dict], prior: Prior, n: int, size: int,
     what = what or (f"{n} held-out renders {size}x{size} (seeds {HELDOUT_SEED_START}.."
                     f"{HELDOUT_SEED_START + n - 1})")
     lines = [
-        f"{_prior_label(prior)}, {what}; PSNR in dB on [0, 1], mean over images.",
+        f"{prior_label(prior)}, {what}; PSNR in dB on [0, 1], mean over images.",
         "",
         "| t | noise σ of x_t/D_xx ([-1,1]) | prior x̂0 | Gaussian-base x̂0 (untrained net) "
         "| linear Wiener on (x_t, v_t) | best Gaussian filter (per-image σ) "

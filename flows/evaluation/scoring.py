@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flows.evaluation.frames import BenchFrame, _read
+from flows.evaluation.frames import BenchFrame, read_codes
 from restoration import kernels as kern
 from restoration.metrics import (
     kernel_mse,
@@ -31,12 +31,12 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _quantise(x: torch.Tensor) -> torch.Tensor:
+def quantise(x: torch.Tensor) -> torch.Tensor:
     """Outputs are scored as saved: 8-bit."""
     return (x.float().clamp(0, 1) * 255).round() / 255
 
 
-def _nan() -> float:
+def nan() -> float:
     return float("nan")
 
 
@@ -45,7 +45,7 @@ def score(
 ) -> dict[str, float]:
     """Truth-based and no-reference numbers of one restored frame (NaN where no truth)."""
     row: dict[str, float] = dict.fromkeys(
-        ("psnr", "ssim", "psnr_in_mask", "psnr_out_mask", "kernel_mse", "kernel_ncc"), _nan()
+        ("psnr", "ssim", "psnr_in_mask", "psnr_out_mask", "kernel_mse", "kernel_ncc"), nan()
     )
     x = x[None] if x.dim() == 3 else x
     if frame.sharp is not None:
@@ -60,7 +60,7 @@ def score(
         row["kernel_mse"] = float(kernel_mse(k, frame.kernel, canvas=canvas)[0])
         row["kernel_ncc"] = float(kernel_ncc(k, frame.kernel, canvas=canvas)[0])
     row["sharpness_gain"] = float(sharpness_gain(x, frame.y, frame.mask)[0])
-    row.update(psnr_input=_nan(), harmed=_nan(), shift_px=_nan())
+    row.update(psnr_input=nan(), harmed=nan(), shift_px=nan())
     if frame.sharp is not None:
         # harm is judged where the frame was observed: under a hand the input holds the hand
         if frame.mask is None:
@@ -74,12 +74,12 @@ def score(
     return row
 
 
-def _code_columns(frame: BenchFrame, x: torch.Tensor) -> dict[str, Any]:
+def code_columns(frame: BenchFrame, x: torch.Tensor) -> dict[str, Any]:
     """codes_true / codes_decoded / codes_sharp counts and the texts read ("" / NaN without codes)."""
     if frame.codes is None:
-        return {"codes_true": _nan(), "codes_decoded": _nan(), "codes_sharp": _nan(), "codes_read": ""}
+        return {"codes_true": nan(), "codes_decoded": nan(), "codes_sharp": nan(), "codes_read": ""}
     img = (x[0] if x.dim() == 4 else x).mul(255).round().byte().permute(1, 2, 0).numpy()
-    read = _read(img, frame.codes)
+    read = read_codes(img, frame.codes)
     return {"codes_true": float(len(frame.codes)), "codes_decoded": float(len(read)),
             "codes_sharp": float(len(frame.codes_sharp)), "codes_read": ";".join(read)}
 
@@ -111,21 +111,21 @@ def fixed_kernel_rows(frames: list[BenchFrame], kernel_canvas: int) -> list[dict
         _, label, c, mses = best
         for f, mse in zip(members, mses, strict=True):
             row = {"method": "fixed-kernel", "frame": f.id, "suite": suite}
-            row.update(dict.fromkeys(("psnr", "ssim", "psnr_in_mask", "psnr_out_mask"), _nan()))
+            row.update(dict.fromkeys(("psnr", "ssim", "psnr_in_mask", "psnr_out_mask"), nan()))
             row.update(
                 kernel_mse=mse,
                 kernel_ncc=float(kernel_ncc(c, f.kernel, canvas=canvas)[0]),
-                sharpness_gain=_nan(),
+                sharpness_gain=nan(),
                 seconds=0.0,
                 nfe=0,
                 kernel_size_true=f.kernel.shape[-1],
                 kernel_size_est=canvas,
                 note=f"hindsight: {label}",
-                psnr_input=_nan(),
-                harmed=_nan(),
-                shift_px=_nan(),
+                psnr_input=nan(),
+                harmed=nan(),
+                shift_px=nan(),
                 kernel_choice="",
-                kernel_score=_nan(),
+                kernel_score=nan(),
             )
             rows.append(row)
     return rows

@@ -105,7 +105,7 @@ def _rate(n: Any, total: Any) -> str:
     return f"{int(n)}/{int(total)} ({100 * n / total:.0f} %)"
 
 
-def _header(args: argparse.Namespace, data_uri: str, n: int, wall: float) -> str:
+def results_header(args: argparse.Namespace, data_uri: str, n: int, wall: float) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cpu = platform.processor() or platform.machine()
     return "\n".join([
