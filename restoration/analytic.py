@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from restoration.cld import CLD
-from restoration.cvsa import ScoreFn
+from restoration.cld import CLD, ScoreFn
 
 
 def gaussian_prior_score(cld: CLD, mean: Tensor | float, var: float) -> ScoreFn:

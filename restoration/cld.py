@@ -21,10 +21,15 @@ All per-time scalars are computed in float64 and cast to the dtype of the tensor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""A velocity score s(x_t, v_t, t) (t a (B,) tensor): a prior network, an analytic score, or a
+wrapper of one (tiles, autocast)."""
 
 
 @dataclass(frozen=True)

@@ -13,26 +13,25 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from restoration.cld import CLD
-from restoration.kernels import from_prior, resample_kernel, to_prior
+from restoration.cld import CLD, ScoreFn
+from restoration.kernel_ops import from_prior, resample_kernel, soft_kernel, soft_project, to_prior
 from restoration.operators import blur, crop_from_canvas, pad_to_canvas
-from restoration.proximal import conjugate_gradient, image_prox, kernel_least_squares
+from restoration.physics import BlurMask, Operator, conjugate_gradient
 from restoration.rng import Generators, randn
 
-ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""Velocity score s(x_t, v_t, t) with t a (B,) tensor."""
-Operator = Callable[[Tensor], Tensor]
-"""Differentiable forward model H (linear or not)."""
 StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class RestoreResult:
-    """Output of a sampler: the restored batch and what it cost."""
+    """Output of every sampler: the restored batch, what it cost (network evaluations), and what
+    the sampler knows besides: the last x0 estimate, the kernel (blind samplers: (B, 1, K, K),
+    sum 1) and per-sample diagnostics."""
 
     x: Tensor
-    x0_hat: Tensor
     nfe: int
+    x0_hat: Tensor | None = None
+    kernel: Tensor | None = None
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -289,36 +288,6 @@ def restore_proximal(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BlindResult:
-    """Restored images (B, C, h, w) in [-1, 1], projected kernels (B, 1, K, K) and diagnostics."""
-
-    x: Tensor
-    kernel: Tensor
-    nfe: int
-    diagnostics: dict[str, Tensor] = field(default_factory=dict)
-
-
-def soft_kernel(p: Tensor, threshold: float = 0.0) -> Tensor:
-    """Kernel from the prior representation (inverse of kernels.to_prior): square, drop entries below
-    `threshold` x max, normalise. Differentiable for threshold 0; a cheap stand-in for from_prior
-    (no connected components, no re-centring) inside the sampling loop."""
-    a = ((p + 1.0) / 2.0).clamp(0.0, 1.0) ** 2
-    return soft_project(a, threshold)
-
-
-def soft_project(k: Tensor, threshold: float = 0.0) -> Tensor:
-    """Non-negative, entries below `threshold` x max zeroed, sum 1 (per sample)."""
-    a = k.clamp_min(0.0)
-    if threshold > 0:
-        a = a * (a >= threshold * a.amax(dim=(1, 2, 3), keepdim=True))
-    total = a.flatten(1).sum(dim=1).reshape(-1, 1, 1, 1)
-    delta = torch.zeros_like(a)
-    c = a.shape[-1] // 2
-    delta[..., c, c] = 1.0
-    return torch.where(total > 0, a / total.clamp_min(1e-12), delta)
-
-
 def proximal_rho(
     cld: CLD, t: Tensor, noise_sigma: Tensor | float, strength: float, data_var: float = 0.25
 ) -> Tensor:
@@ -353,7 +322,7 @@ def _blind_paper_scores(
 
 
 def _proximal_kernel_step(
-    kp, kv, t, y, mask, x0, k_est, p_ls, kernel_score, kernel_cld, *, update, blend, reg, cg_iters, threshold
+    kp, kv, t, physics, x0, k_est, p_ls, kernel_score, kernel_cld, *, update, blend, reg, cg_iters, threshold
 ):  # k_est is on the data's K x K canvas, kp / p_ls on the kernel process's canvas
     """Kernel half of a proximal step: least-squares kernel from x0_hat's gradients (an explicit
     M-step, as in Fast Diffusion EM), blended into the kernel process's x0 estimate; the kernel
@@ -361,8 +330,7 @@ def _proximal_kernel_step(
     sk = kernel_score(kp, kv, t)
     p0 = kernel_cld.x0_hat(kp, kv, sk, t)
     if update:
-        gray_y, gray_x = y.mean(dim=1, keepdim=True), x0.mean(dim=1, keepdim=True)
-        k_ls = soft_project(kernel_least_squares(gray_y, mask, gray_x, k_est, reg, cg_iters))
+        k_ls = soft_project(physics.update_kernel(x0, k_est, reg, cg_iters))
         p_ls = to_prior(resample_kernel(k_ls, kp.shape[-1]))
     p_new = p0 + blend * (p_ls - p0)
     _, _, dk = kernel_cld.x0_hat_coefficients(t)
@@ -430,7 +398,7 @@ def restore_blind(
     canvas_multiple: int = 8,
     kernel_canvas: int | None = None,
     callback: StepCallback | None = None,
-) -> BlindResult:
+) -> RestoreResult:
     """Blind CVSA: Algorithm 2 of the CVSA paper ("paper") or its proximal extension ("proximal").
 
     y (B, C, h, w) in [-1, 1] with noise std `noise_sigma` (a float or one per sample) on that
@@ -474,6 +442,7 @@ def restore_blind(
     dtype, device = y.dtype, y.device
     sigma = torch.as_tensor(noise_sigma, dtype=torch.float64).expand(batch)
     sigma_b = sigma.to(dtype=dtype, device=device).reshape(-1, 1, 1, 1)
+    physics = BlurMask(y_p, (offsets.canvas_height, offsets.canvas_width), sigma, mask=m_p)
 
     x, v = randn(canvas, generator, device, dtype), randn(canvas, generator, device, dtype)
     kp, kv = randn(kshape, generator, device, dtype), randn(kshape, generator, device, dtype)
@@ -502,7 +471,7 @@ def restore_blind(
                 x0 = image_cld.x0_hat(x, v, s, t)
                 if known_kernel is None:
                     sk, k_est, p_ls, p_new = _proximal_kernel_step(
-                        kp, kv, t, y_p, m_p, x0, k_est, p_ls, kernel_score, kernel_cld,
+                        kp, kv, t, physics, x0, k_est, p_ls, kernel_score, kernel_cld,
                         update=(i % kernel_every == 0 or last) and float(grid[i]) <= kernel_t_start,
                         blend=kernel_guidance if anchored or float(grid[i]) <= kernel_t_start else 0.0,
                         reg=kernel_reg,
@@ -511,8 +480,7 @@ def restore_blind(
                 else:
                     sk, k_est, p_new = torch.zeros_like(kp), known_kernel, kp
                 rho = proximal_rho(image_cld, t, sigma, prox_strength).to(dtype).reshape(-1, 1, 1, 1)
-                mu = (grad_reg * sigma**2).to(dtype).reshape(-1, 1, 1, 1)
-                x_new = image_prox(y_p, m_p, k_est, x0, rho, cg_iters, mu)
+                x_new = physics.with_kernel(k_est).data_consistency(x0, rho, grad_reg, cg_iters)
                 _, _, dx = image_cld.x0_hat_coefficients(t)
                 s = s + image_guidance * dx.to(dtype).reshape(-1, 1, 1, 1) * (x_new - x0)
                 x_est = x0 + image_guidance * (x_new - x0)
@@ -535,8 +503,6 @@ def restore_blind(
     kernel = from_prior(to_prior(k_est)) if known_kernel is None else known_kernel
     x_out = crop_from_canvas(x_est, offsets, h, w).clamp(-1.0, 1.0)
     with torch.no_grad():
-        r = m_p * (y_p - blur(x_est, kernel))
-        n_obs = (m_p.flatten(1).sum(1) * channels).clamp_min(1.0)
-        residual = torch.sqrt(r.flatten(1).pow(2).sum(1) / n_obs) / sigma_b.flatten()
+        residual = physics.with_kernel(kernel).residual_ratio(x_est)
     nfe = steps if known_kernel is not None else 2 * steps  # the kernel network is not run then
-    return BlindResult(x=x_out, kernel=kernel, nfe=nfe, diagnostics={"residual_ratio": residual})
+    return RestoreResult(x=x_out, kernel=kernel, nfe=nfe, diagnostics={"residual_ratio": residual})

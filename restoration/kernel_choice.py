@@ -44,8 +44,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from restoration import kernels as kern
-from restoration.classical import blind_kernel, sparse_energy
+from restoration.classical import sparse_energy
+from restoration.classical_kernel import blind_kernel
+from restoration.kernel_ops import delta_kernel, erode, luma
 from restoration.kernels import moment_matched_gaussian
+from restoration.physics import grad_masks, grad_xy
 
 __all__ = [
     "CANDIDATES",
@@ -60,9 +63,6 @@ __all__ = [
     "kernel_nll",
     "parametric_bank",
 ]
-
-_LUMA = (0.299, 0.587, 0.114)
-
 
 @dataclass(frozen=True)
 class GradientSpectrum:
@@ -90,13 +90,6 @@ class GradientSpectrum:
         return a2.reshape(*lead, *a2.shape[-2:])
 
 
-def _luma(y: Tensor) -> Tensor:
-    if y.shape[1] == 3:
-        w = torch.tensor(_LUMA, dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
-        return (y * w).sum(dim=1, keepdim=True)
-    return y.mean(dim=1, keepdim=True)
-
-
 def _tukey(n: int, ramp: int, dtype: torch.dtype) -> Tensor:
     """1-D Tukey window: raised-cosine ramps of ``ramp`` px at both ends, 1 in between."""
     w = torch.ones(n, dtype=dtype)
@@ -106,10 +99,6 @@ def _tukey(n: int, ramp: int, dtype: torch.dtype) -> Tensor:
         w[:ramp] = r
         w[n - ramp :] = r.flip(0)
     return w
-
-
-def _erode(m: Tensor, r: int) -> Tensor:
-    return -F.max_pool2d(-m, 2 * r + 1, stride=1, padding=r) if r > 0 else m
 
 
 def gradient_spectrum(
@@ -131,23 +120,16 @@ def gradient_spectrum(
     """
     y = y.double()
     b, _, h, w = y.shape
-    g = _luma(y)
     m = torch.ones(b, 1, h, w, dtype=y.dtype, device=y.device) if mask is None else (mask > 0.5).double()
-    gx = torch.zeros_like(g)
-    gy = torch.zeros_like(g)
-    gx[..., :, :-1] = g[..., :, 1:] - g[..., :, :-1]
-    gy[..., :-1, :] = g[..., 1:, :] - g[..., :-1, :]
-    mx = torch.zeros_like(m)
-    mx[..., :, :-1] = m[..., :, 1:] * m[..., :, :-1]
-    my = torch.zeros_like(m)
-    my[..., :-1, :] = m[..., 1:, :] * m[..., :-1, :]
+    gx, gy = grad_xy(luma(y))
+    mx, my = grad_masks(m)
     r = max(1, taper // 2)
     win = (_tukey(h, taper, y.dtype)[:, None] * _tukey(w, taper, y.dtype)[None, :]).to(y.device)
 
     def soft(mm: Tensor) -> Tensor:
         if mask is None:
             return mm
-        e = _erode(mm, r)
+        e = erode(mm, r)
         return F.avg_pool2d(F.pad(e, (r, r, r, r)), 2 * r + 1, stride=1) * e
 
     wx, wy = soft(mx) * win, soft(my) * win
@@ -321,13 +303,6 @@ def kernel_nll(spec: GradientSpectrum, kernels: Tensor, frame: int = 0) -> Tenso
     """Score (N,) of kernels (N, 1, K, K) for frame ``frame`` of ``spec``: lower is better."""
     return whittle_nll(spec.power[frame], spec.laplace, spec.weight, signal_power(kernels, spec),
                        basis=spec.angular)[0]
-
-
-def delta_kernel(size: int, batch: int = 1, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The identity kernel (batch, 1, K, K)."""
-    k = torch.zeros(batch, 1, size, size, dtype=dtype)
-    k[..., size // 2, size // 2] = 1.0
-    return k
 
 
 @lru_cache(maxsize=8)

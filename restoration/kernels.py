@@ -15,17 +15,9 @@ Kinds:
 - ``defocus``: anti-aliased uniform disc (pixel coverage by 8x8 supersampling).
 - ``mixture``: a motion kernel convolved with a small Gaussian or a small defocus disc.
 
-Kernel prior representation (docs/design.md §6, "Kernel prior representation matters"): the prior
-works on ``p = 2 * sqrt(k / max k) - 1`` in [-1, 1] (gamma companding, gamma = 2). The inverse
-squares ``(p + 1) / 2`` after clamping to [0, 1], so a background error e in p becomes only
-(e/2)^2 relative to the peak: e = 0.05 leaves 6e-4 instead of 2.5e-2 with a linear map. The
-projection then removes what is left: entries below ``tau * max`` (tau = 0.02 in the squared
-domain, i.e. p below -0.72) are zeroed, connected components (8-neighbourhood) holding less than
-``min_component`` of the largest component's mass are dropped, the result is renormalised to sum
-1 and shifted by the integer offset that brings its centre of mass nearest to the centre
-(zero-filled shift, never a wrap-around roll). Dim parts of real kernels survive better than with
-a linear map because sqrt lifts them in the prior's space (a pixel at 4% of the peak sits at
-p = -0.6, far above the background at -1).
+The projection, the kernel prior's representation, shifts and resampling live in
+:mod:`restoration.kernel_ops` (the one kernel module); this module generates kernels and measures
+them.
 """
 
 from __future__ import annotations
@@ -36,6 +28,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from restoration.kernel_ops import KernelError, centre_of_mass, check_batch, check_size, recentre_subpixel
+
 KINDS: tuple[str, ...] = ("motion", "gaussian", "defocus", "mixture")
 
 #: Bumped whenever a generator's distribution or random-number order changes: put it in cache
@@ -44,27 +38,8 @@ KINDS: tuple[str, ...] = ("motion", "gaussian", "defocus", "mixture")
 #: by one; 2: sigma <= (K-1)/8, radius <= (K-1)/4, mixtures batched.)
 GENERATOR_VERSION: int = 2
 
-#: Relative threshold of :func:`from_prior`, in the kernel (squared) domain.
-PRIOR_TAU: float = 0.02
-#: Components lighter than this fraction of the heaviest one are dropped by :func:`from_prior`.
-PRIOR_MIN_COMPONENT: float = 0.1
-
 _MOTION_STEPS = 64
 _SPLATS_PER_STEP = 8
-
-
-class KernelError(ValueError):
-    """Raised for an invalid kernel size, parameter or tensor shape."""
-
-
-def _check_size(size: int, minimum: int = 3) -> None:
-    if not isinstance(size, int) or size < minimum or size % 2 == 0:
-        raise KernelError(f"kernel size must be an odd int >= {minimum}, got {size!r}")
-
-
-def _check_batch(k: torch.Tensor) -> None:
-    if k.dim() != 4 or k.shape[1] != 1 or k.shape[2] != k.shape[3] or k.shape[2] % 2 == 0:
-        raise KernelError(f"expected kernels of shape (B, 1, K, K) with odd K, got {tuple(k.shape)}")
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -207,7 +182,7 @@ def _motion_batch(
 # --------------------------------------------------------------------------- single kernels
 def motion_kernel(size: int, intensity: float, generator: torch.Generator) -> torch.Tensor:
     """Random motion kernel (K, K) float32: trajectory of the given intensity, extent 3..K-4 px."""
-    _check_size(size, 7)
+    check_size(size, 7)
     if not 0.0 <= float(intensity) <= 1.0:
         raise KernelError(f"intensity must lie in [0, 1], got {intensity!r}")
     inten = torch.tensor([float(intensity)], dtype=torch.float64)
@@ -229,7 +204,7 @@ def _gaussian64(size: int, sx: float, sy: float, angle: float) -> torch.Tensor:
 
 def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, angle: float = 0.0) -> torch.Tensor:
     """Anisotropic Gaussian (K, K) float32; sigma_x along the direction ``angle`` (radians)."""
-    _check_size(size)
+    check_size(size)
     if sigma_x <= 0 or sigma_y <= 0:
         raise KernelError(f"sigmas must be > 0, got {sigma_x}, {sigma_y}")
     return _gaussian64(size, float(sigma_x), float(sigma_y), float(angle)).float()
@@ -246,7 +221,7 @@ def _defocus64(size: int, radius: float, supersample: int = 8) -> torch.Tensor:
 
 def defocus_kernel(size: int, radius: float) -> torch.Tensor:
     """Anti-aliased uniform disc (K, K) float32 (pixel coverage, 8x8 supersampling)."""
-    _check_size(size)
+    check_size(size)
     if not 0 < radius <= (size - 1) / 2:
         raise KernelError(f"radius must lie in (0, {(size - 1) / 2}], got {radius}")
     return _defocus64(size, float(radius)).float()
@@ -256,7 +231,7 @@ def line_kernel(size: int, length: float, angle: float) -> torch.Tensor:
     """Linear (constant-velocity) motion blur (K, K) float64: a segment of ``length`` px at
     ``angle`` (radians, x towards y), centred on the centre pixel, bilinearly splatted and lightly
     smoothed like :func:`motion_kernel` (3x3 Gaussian, sigma 0.5: sub-pixel rasterisation)."""
-    _check_size(size)
+    check_size(size)
     c = (size - 1) / 2
     if not 0 <= length <= 2 * (c - 1) + 1e-6:
         raise KernelError(f"length must lie in [0, {2 * (c - 1)}], got {length}")
@@ -271,7 +246,7 @@ def moment_matched_gaussian(k: torch.Tensor) -> torch.Tensor:
     """The Gaussians (B, 1, K, K) float64 with the same centre and covariance as kernels k: the
     same blur *amount and direction* without the shape (a reference to test the shape against).
     Standard deviations are floored at 0.2 px."""
-    _check_batch(k)
+    check_batch(k)
     size = k.shape[-1]
     out = []
     for i in range(k.shape[0]):
@@ -327,26 +302,7 @@ def _random_mixtures(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     motion = _motion_batch(n, size, g, margin=margin)
     k = torch.cat([_conv_same(motion[i: i + 1], sk) for i, sk in enumerate(smalls)])
     k = k / k.sum(dim=(2, 3), keepdim=True)
-    return _recentre_subpixel(k)
-
-
-def _recentre_subpixel(k: torch.Tensor) -> torch.Tensor:
-    """Shift (n,1,K,K) kernels so the centre of mass is at the centre (bilinear resampling)."""
-    size = k.shape[-1]
-    com = centre_of_mass(k.double()).to(k.dtype)  # (n, 2) as (row, col)
-    c = (size - 1) / 2
-    shift = com - c
-    # grid_sample with align_corners=True: pixel i <-> -1 + 2 i / (K - 1)
-    lin = torch.linspace(-1, 1, size, dtype=k.dtype)
-    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
-    scale = 2.0 / (size - 1)
-    grid = torch.stack(
-        [gx[None] + shift[:, 1, None, None] * scale, gy[None] + shift[:, 0, None, None] * scale],
-        dim=-1,
-    )
-    out = F.grid_sample(k, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out.clamp_min(0)
-    return out / out.sum(dim=(2, 3), keepdim=True)
+    return recentre_subpixel(k)
 
 
 def random_kernel(
@@ -366,7 +322,7 @@ def sample_kernels(
     kinds = tuple(kinds)
     if not kinds or any(kd not in KINDS for kd in kinds):
         raise KernelError(f"kinds must be a non-empty subset of {KINDS}, got {kinds!r}")
-    _check_size(size, 7 if ({"motion", "mixture"} & set(kinds)) else 3)
+    check_size(size, 7 if ({"motion", "mixture"} & set(kinds)) else 3)
     if n < 0:
         raise KernelError(f"n must be >= 0, got {n}")
     g = generator
@@ -388,20 +344,9 @@ def sample_kernels(
 
 
 # --------------------------------------------------------------------------- statistics
-def centre_of_mass(k: torch.Tensor) -> torch.Tensor:
-    """Centre of mass (B, 2) as (row, col) in pixel indices of kernels (B, 1, K, K)."""
-    _check_batch(k)
-    size = k.shape[-1]
-    r = torch.arange(size, dtype=k.dtype)
-    total = k.sum(dim=(1, 2, 3)).clamp_min(torch.finfo(k.dtype).tiny)
-    row = (k.sum(dim=(1, 3)) * r).sum(dim=1) / total
-    col = (k.sum(dim=(1, 2)) * r).sum(dim=1) / total
-    return torch.stack([row, col], dim=1)
-
-
 def mass_concentration(k: torch.Tensor, n: int = 96) -> torch.Tensor:
     """Fraction of the mass held by the n largest pixels, (B,) (docs/design.md §6: 96 px, ~98%)."""
-    _check_batch(k)
+    check_batch(k)
     flat = k.flatten(1).clamp_min(0)
     top = flat.topk(min(n, flat.shape[1]), dim=1).values.sum(dim=1)
     return top / flat.sum(dim=1).clamp_min(torch.finfo(k.dtype).tiny)
@@ -413,7 +358,7 @@ def kernel_extent(k: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
     Pixels are sorted by distance from the centre of mass; the radius is the distance of the
     pixel at which the cumulative mass first reaches ``mass`` (0 for a delta).
     """
-    _check_batch(k)
+    check_batch(k)
     size = k.shape[-1]
     com = centre_of_mass(k)
     rr = torch.arange(size, dtype=k.dtype)
@@ -430,128 +375,8 @@ def kernel_extent(k: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
 
 def support_size(k: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
     """Number of pixels holding ``mass`` of the kernel (largest pixels first), (B,) int64."""
-    _check_batch(k)
+    check_batch(k)
     w = k.flatten(1).clamp_min(0)
     w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(k.dtype).tiny)
     cum = w.sort(dim=1, descending=True).values.cumsum(dim=1)
     return (cum < mass - 1e-6).sum(dim=1) + 1
-
-
-# --------------------------------------------------------------------------- prior representation
-def to_prior(k: torch.Tensor) -> torch.Tensor:
-    """Kernel (B, 1, K, K) -> prior representation p = 2 sqrt(k / max k) - 1 in [-1, 1]."""
-    _check_batch(k)
-    a = k.clamp_min(0)
-    peak = a.amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(k.dtype).tiny)
-    return 2.0 * (a / peak).sqrt() - 1.0
-
-
-def _max3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 max filter with zero padding (separable; faster than max_pool2d on the CPU)."""
-    h, w = x.shape[-2:]
-    p = F.pad(x, (1, 1, 0, 0))
-    r = torch.maximum(torch.maximum(p[..., :w], p[..., 1: w + 1]), p[..., 2: w + 2])
-    p = F.pad(r, (0, 0, 1, 1))
-    return torch.maximum(torch.maximum(p[..., :h, :], p[..., 1: h + 1, :]), p[..., 2: h + 2, :])
-
-
-def _components(mask: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels (B, 1, K, K) int64, -1 on background (max-label flooding)."""
-    b, _, h, w = mask.shape
-    ids = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, 1, h, w).expand(b, 1, h, w)
-    m = mask.float()
-    lab = ids * m
-    for _ in range(h * w):
-        grown = _max3(_max3(lab) * m) * m  # two steps per convergence check
-        if torch.equal(grown, lab):
-            break
-        lab = grown
-    return lab.long() - 1
-
-
-def _shift_zero(k: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Integer shift per sample (content moves by +dy, +dx) with zero fill, (B, 1, K, K)."""
-    out = torch.zeros_like(k)
-    size = k.shape[-1]
-    for i in range(k.shape[0]):
-        sy, sx = int(dy[i]), int(dx[i])
-        src_y = slice(max(0, -sy), min(size, size - sy))
-        dst_y = slice(max(0, sy), min(size, size + sy))
-        src_x = slice(max(0, -sx), min(size, size - sx))
-        dst_x = slice(max(0, sx), min(size, size + sx))
-        out[i, :, dst_y, dst_x] = k[i, :, src_y, src_x]
-    return out
-
-
-def from_prior(
-    p: torch.Tensor, tau: float = PRIOR_TAU, min_component: float = PRIOR_MIN_COMPONENT
-) -> torch.Tensor:
-    """Prior representation (B, 1, K, K) -> kernel: non-negative, sum 1, centred (projection).
-
-    a = clamp((p + 1) / 2, 0, 1)^2; zero a < tau * max a; drop 8-connected components lighter
-    than ``min_component`` x the heaviest; renormalise; integer zero-filled shift of the centre
-    of mass to the centre pixel. An all-background input (max a = 0) maps to a delta.
-    """
-    _check_batch(p)
-    a = ((p.float() + 1.0) / 2.0).clamp(0.0, 1.0) ** 2
-    peak = a.amax(dim=(1, 2, 3), keepdim=True)
-    keep = (a >= tau * peak) & (peak > 0)
-    a = a * keep
-    lab = _components(keep)
-    b, _, h, w = a.shape
-    flat_lab = lab.flatten(1)
-    idx = flat_lab.clamp_min(0)
-    mass = torch.zeros(b, h * w, dtype=a.dtype).scatter_add_(1, idx, a.flatten(1) * (flat_lab >= 0))
-    heavy = mass >= min_component * mass.amax(dim=1, keepdim=True)
-    keep_px = heavy.gather(1, idx) & (flat_lab >= 0)
-    a = a * keep_px.view_as(a)
-    size = a.shape[-1]
-    c = (size - 1) // 2
-    empty = a.sum(dim=(1, 2, 3)) <= 0
-    if empty.any():
-        a[empty, 0, c, c] = 1.0
-    a = a / a.sum(dim=(1, 2, 3), keepdim=True)
-    com = centre_of_mass(a)
-    shift = (c - com).round().long()
-    a = _shift_zero(a, shift[:, 0], shift[:, 1])
-    return a / a.sum(dim=(1, 2, 3), keepdim=True)
-
-
-def project(k: torch.Tensor) -> torch.Tensor:
-    """The projection ``from_prior(to_prior(k))``: the kernel the prior can represent."""
-    return from_prior(to_prior(k))
-
-
-# --------------------------------------------------------------------------- canvas resampling
-def resample_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """(n_out, n_in) area-resampling matrix between centred pixel grids of n_in and n_out.
-
-    The whole input canvas maps onto the whole output canvas (scale r = n_in / n_out input
-    pixels per output pixel, centre on centre); entry (j, i) is the length of input pixel i
-    that falls inside output pixel j, in input-pixel units. Every column sums to 1, so a
-    kernel's mass is conserved exactly, and a symmetric kernel stays centred.
-    """
-    _check_size(n_in, 1)
-    _check_size(n_out, 1)
-    r = n_in / n_out
-    i = torch.arange(n_in, dtype=torch.float64) - (n_in - 1) / 2
-    j = torch.arange(n_out, dtype=torch.float64) - (n_out - 1) / 2
-    lo = torch.maximum((j[:, None] - 0.5) * r, i[None, :] - 0.5)
-    hi = torch.minimum((j[:, None] + 0.5) * r, i[None, :] + 0.5)
-    return (hi - lo).clamp_min(0).to(dtype)
-
-
-def resample_kernel(k: torch.Tensor, size: int) -> torch.Tensor:
-    """Kernels (B, 1, K, K) area-resampled to (B, 1, size, size): A k A^T (`resample_matrix`).
-
-    Used to run the kernel prior (trained on its canvas, e.g. 31 px) for larger product kernels
-    (up to 63 px): resample the 63-px kernel to the prior's canvas and the prior's kernel back
-    (docs/models.md, "Kernel sizes"). Mass is conserved (sum 1 stays sum 1); a round trip
-    63 -> 31 -> 63 loses detail finer than ~2 px. Linear, so autograd passes through it.
-    """
-    _check_batch(k)
-    n = k.shape[-1]
-    if size == n:
-        return k
-    a = resample_matrix(n, size, k.dtype).to(k.device)
-    return a @ k @ a.T

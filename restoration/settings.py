@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["proximal", "paper"]
@@ -87,3 +89,54 @@ class RestorationSettings(Frozen):
     def pixel_settings(self) -> dict[str, Any]:
         """The settings that change restored pixels (everything but :attr:`PIXEL_NEUTRAL`)."""
         return self.model_dump(exclude=set(self.PIXEL_NEUTRAL))
+
+
+# ----------------------------------------------------------------------------- inside restoration/
+
+#: Bumped by every change of the code that changes restored pixels (or kernels) for the same
+#: inputs, settings and priors; part of the idempotency key, so such a change makes every frame
+#: pending. History: 1 — the consolidated restoration core (issue 19).
+ALGORITHM_VERSION: int = 1
+
+
+@dataclass(frozen=True)
+class BlindConfig:
+    """Hyper-parameters of :func:`classical_blind` (defaults tuned on σ = 0.02, 128² renders).
+
+    Attributes:
+        scale_factor: pyramid ratio between successive scales.
+        coarsest_kernel: kernel size at the coarsest scale (odd).
+        iters_per_scale: alternations of x-step and k-step per scale.
+        lambda_grad: L0 weight of the gradient term (on [0, 1] intensities), decayed per iteration.
+        lambda_pixel: L0 weight of the intensity term (Pan et al.; 0 disables it).
+        lambda_decay: divisor of both λ after every iteration.
+        lambda_min: floor of the decayed λ.
+        beta_max: last half-quadratic splitting weight of the x-step (starts at 2λ, doubles).
+        kernel_reg: Tikhonov weight γ of the k-step, relative to the mean diagonal of ∇xᵀ∇x.
+        kernel_cg_iters: conjugate-gradient iterations per k-step.
+        kernel_prefilter: std (px) of the Gaussian applied to both sides of the k-step
+            (noise suppression; 0 disables it).
+        kernel_threshold: entries below this fraction of the peak are zeroed.
+        min_component: 8-connected components lighter than this fraction of the mass are removed.
+        final_tau: weight of the hyper-Laplacian prior of the final deconvolution, per unit
+            noise variance: τ = final_tau · σ² (σ on [0, 1]).
+        final_p: exponent of the hyper-Laplacian prior.
+        final_iters: half-quadratic splitting iterations of the final deconvolution.
+    """
+
+    scale_factor: float = 2**-0.5
+    coarsest_kernel: int = 5
+    iters_per_scale: int = 5
+    lambda_grad: float = 1e-2
+    lambda_pixel: float = 0.0
+    lambda_decay: float = 1.1
+    lambda_min: float = 1e-4
+    beta_max: float = 1e5
+    kernel_reg: float = 0.3
+    kernel_cg_iters: int = 25
+    kernel_prefilter: float = 0.7
+    kernel_threshold: float = 0.15
+    min_component: float = 0.1
+    final_tau: float = 20.0
+    final_p: float = 0.8
+    final_iters: int = 20

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from restoration.kernel_ops import odd_size
 from restoration.kernels import gaussian_kernel, motion_kernel
 from restoration.operators import (
     OperatorShapeError,
@@ -38,12 +39,10 @@ from restoration.operators import (
     crop_from_canvas,
     downsample,
     downsample_adjoint,
-    masked_blur,
-    masked_blur_adjoint,
     pad_to_canvas,
     phase_retrieval,
 )
-from restoration.proximal import linear_prox
+from restoration.physics import BlurMask, LinearPhysics, MagnitudePhysics, Physics
 from restoration.rng import randn
 
 TaskName = Literal[
@@ -56,48 +55,10 @@ CANVAS_MULTIPLE = 8  # the U-Net halves the resolution three times
 RANDOM_MISSING = 0.70
 SR_FACTOR = 4
 
-Operator = Callable[[Tensor], Tensor]
-ProxFn = Callable[[Tensor, Tensor], Tensor]
-"""prox(anchor, rho) -> argmin_x ||y - H x||^2 + rho ||x - anchor||^2 (+ task regulariser)."""
 
 
 class TaskError(ValueError):
     """A task got an observation or parameter it cannot use (one clear line for the CLI)."""
-
-
-@dataclass(frozen=True, eq=False)
-class Problem:
-    """A forward model bound to one batch of observations: everything a sampler needs.
-
-    x lives on ``canvas`` (B, C, *canvas); ``forward(x)`` is shaped like ``y``; ``crop`` maps the
-    canvas to the (B, C, h, w) image the task restores. ``adjoint`` is None for nonlinear tasks.
-    """
-
-    task: str
-    y: Tensor
-    forward: Operator
-    adjoint: Operator | None
-    canvas: tuple[int, int]
-    crop: Operator
-    noise_sigma: float
-
-    @property
-    def linear(self) -> bool:
-        return self.adjoint is not None
-
-    def prox(self, grad_reg: float, cg_iters: int) -> ProxFn:
-        """The data-consistency solve of the proximal sampler (restoration.methods).
-
-        Linear tasks: argmin ||y - H x||^2 + rho ||x - a||^2 + mu ||grad x||^2 by CG with
-        mu = grad_reg σ^2. Phase retrieval: :func:`magnitude_prox`.
-        """
-        if self.task == "phase-retrieval":
-            return lambda anchor, rho: magnitude_prox(self.y, anchor, rho, _pr_pad(anchor.shape[-1]))
-        assert self.adjoint is not None
-        mu = grad_reg * self.noise_sigma**2
-        return lambda anchor, rho: linear_prox(
-            self.y, self.forward, self.adjoint, anchor, rho, cg_iters, mu
-        )
 
 
 @dataclass(frozen=True)
@@ -113,14 +74,9 @@ def _check_size(size: int) -> None:
         raise TaskError(f"image size must be a multiple of {CANVAS_MULTIPLE} and >= 16, got {size}")
 
 
-def _odd(v: float) -> int:
-    n = max(3, round(v))
-    return n if n % 2 else n + 1
-
-
 def kernel_size(size: int) -> int:
     """Kernel side of the deblurring tasks: 15 px at N = 64, scaled with N (odd)."""
-    return _odd(15 * size / 64)
+    return odd_size(15 * size / 64)
 
 
 def _pr_pad(size: int) -> int:
@@ -194,23 +150,26 @@ def degrade(
     return y, truth
 
 
-def problem(task: str, y: Tensor, params: TaskParams | None = None) -> Problem:
-    """The :class:`Problem` of an observation ``y`` (B, C, ...) on [-1, 1] under ``task``."""
+def problem(task: str, y: Tensor, params: TaskParams | None = None) -> Physics:
+    """The forward model (:class:`restoration.physics.Physics`) of an observation ``y``
+    (B, C, ...) on [-1, 1] under ``task``."""
     check_task(task)
     if not isinstance(y, Tensor) or y.dim() != 4:
         raise TaskError("observation must be a (B, C, H, W) tensor")
     return TASKS[task].build(task, y, params or TaskParams())
 
 
-def _sr4_problem(task: str, y: Tensor, params: TaskParams) -> Problem:
+def _sr4_problem(task: str, y: Tensor, params: TaskParams) -> Physics:
     h, w = y.shape[-2:]
     if (SR_FACTOR * h) % CANVAS_MULTIPLE or (SR_FACTOR * w) % CANVAS_MULTIPLE:
         raise TaskError(f"sr4 needs an input whose sides are even, got {h}x{w}")
     canvas = (SR_FACTOR * h, SR_FACTOR * w)
-    return Problem(task, y, _downsample4, _downsample4_adjoint, canvas, _identity, NOISE_SIGMA)
+    return LinearPhysics(
+        y, canvas, NOISE_SIGMA, task=task, forward_fn=_downsample4, adjoint_fn=_downsample4_adjoint
+    )
 
 
-def _inpaint_problem(task: str, y: Tensor, params: TaskParams) -> Problem:
+def _inpaint_problem(task: str, y: Tensor, params: TaskParams) -> Physics:
     h, w = y.shape[-2:]
     if h % CANVAS_MULTIPLE or w % CANVAS_MULTIPLE:
         raise TaskError(f"{task} needs sides that are multiples of {CANVAS_MULTIPLE}, got {h}x{w}")
@@ -226,10 +185,10 @@ def _inpaint_problem(task: str, y: Tensor, params: TaskParams) -> Problem:
     def masked(x: Tensor) -> Tensor:
         return apply_mask(x, m)
 
-    return Problem(task, y * m, masked, masked, (h, w), _identity, NOISE_SIGMA)
+    return LinearPhysics(y * m, (h, w), NOISE_SIGMA, task=task, forward_fn=masked, adjoint_fn=masked)
 
 
-def _deblur_problem(task: str, y: Tensor, params: TaskParams) -> Problem:
+def _deblur_problem(task: str, y: Tensor, params: TaskParams) -> Physics:
     if params.kernel is None:
         raise TaskError(f"{task} needs the blur kernel (--kernel)")
     h, w = y.shape[-2:]
@@ -239,20 +198,14 @@ def _deblur_problem(task: str, y: Tensor, params: TaskParams) -> Problem:
     except OperatorShapeError as exc:
         raise TaskError(str(exc)) from exc
 
-    def fwd(x: Tensor) -> Tensor:
-        return masked_blur(x, k, m_p)
-
-    def adj(r: Tensor) -> Tensor:
-        return masked_blur_adjoint(r, k, m_p)
-
     def crop(x: Tensor) -> Tensor:
         return crop_from_canvas(x, offsets, h, w)
 
     canvas = (offsets.canvas_height, offsets.canvas_width)
-    return Problem(task, y_p, fwd, adj, canvas, crop, NOISE_SIGMA)
+    return BlurMask(y_p, canvas, NOISE_SIGMA, crop, task, mask=m_p, kernel=k)
 
 
-def _phase_problem(task: str, y: Tensor, params: TaskParams) -> Problem:
+def _phase_problem(task: str, y: Tensor, params: TaskParams) -> Physics:
     """y is the magnitude of the (3N/2)^2 zero-padded spectrum of an N^2 image."""
     h, side = y.shape[-2:]
     if h != side or (2 * side) % 3 or (2 * side // 3) % CANVAS_MULTIPLE:
@@ -260,16 +213,7 @@ def _phase_problem(task: str, y: Tensor, params: TaskParams) -> Problem:
             f"phase-retrieval needs a square (3N/2)^2 magnitude, N a multiple of 8; got {h}x{side}"
         )
     n = 2 * side // 3
-    pad = _pr_pad(n)
-
-    def pr(x: Tensor) -> Tensor:
-        return phase_retrieval(F.pad(x, (pad,) * 4))
-
-    return Problem(task, y, pr, None, (n, n), _identity, NOISE_SIGMA)
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
+    return MagnitudePhysics(y, (n, n), NOISE_SIGMA, task=task, pad=_pr_pad(n))
 
 
 def _downsample4(x: Tensor) -> Tensor:
@@ -278,24 +222,6 @@ def _downsample4(x: Tensor) -> Tensor:
 
 def _downsample4_adjoint(y: Tensor) -> Tensor:
     return downsample_adjoint(y, SR_FACTOR)
-
-
-def magnitude_prox(y: Tensor, anchor: Tensor, rho: Tensor, pad: int) -> Tensor:
-    """Approximate prox of ||y - |F z||^2 + rho ||z - pad(anchor)||^2, cropped to the support.
-
-    F is orthonormal, so over complex z the problem separates per Fourier coefficient: keep the
-    anchor's phase and set the magnitude to (y + rho |Z_a|) / (1 + rho) (the damped
-    Gerchberg-Saxton projection). Taking the real part and cropping to the known support are the
-    projections onto real, supported images.
-    """
-    z = torch.fft.fft2(F.pad(anchor, (pad,) * 4), norm="ortho")
-    mag = z.abs()
-    rho = rho.to(mag.dtype)
-    new_mag = (y.clamp_min(0) + rho * mag) / (1 + rho)
-    phase = torch.where(mag > 0, z / mag.clamp_min(1e-12), torch.ones_like(z))
-    x = torch.fft.ifft2(phase * new_mag, norm="ortho").real
-    n = anchor.shape[-1]
-    return x[..., pad : pad + n, pad : pad + n]
 
 
 def align_phase_ambiguities(x: Tensor, ref: Tensor, max_shift: int = 2) -> Tensor:
@@ -329,10 +255,10 @@ def align_phase_ambiguities(x: Tensor, ref: Tensor, max_shift: int = 2) -> Tenso
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task: its observation -> Problem builder and what it needs from the user."""
+    """A task: its observation -> Physics builder and what it needs from the user."""
 
     name: str
-    build: Callable[[str, Tensor, TaskParams], Problem]
+    build: Callable[[str, Tensor, TaskParams], Physics]
     needs: Literal["kernel", "mask", "mask-optional", "none"]
     description: str
 

@@ -2,7 +2,7 @@
 
 A score network's cost and memory grow with the canvas; a frame of 640x480 or 1920x1080 restored
 at its own resolution would hold every activation map of the whole canvas at once. `tiled_score`
-wraps a :data:`restoration.cvsa.ScoreFn` so that the network sees square tiles of `tile` px that
+wraps a :data:`restoration.cld.ScoreFn` so that the network sees square tiles of `tile` px that
 overlap by `overlap` px, `batch` tiles per forward pass, and the tile outputs are blended with
 weights that form a partition of unity (zero on the outer quarter of each overlap, where a tile
 sees its own border padding instead of the canvas; a linear ramp across the middle half; flat
@@ -26,12 +26,10 @@ never mix, so a frame tiled alone equals it tiled in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-ScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+from restoration.cld import ScoreFn
 
 
 class TilingError(ValueError):

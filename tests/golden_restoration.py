@@ -34,7 +34,8 @@ def _blind_cases(out: dict[str, Tensor]) -> None:
     from restoration.analytic import gaussian_prior_score
     from restoration.cld import CLD
     from restoration.cvsa import restore_blind
-    from restoration.kernels import gaussian_kernel, motion_kernel, to_prior
+    from restoration.kernel_ops import to_prior
+    from restoration.kernels import gaussian_kernel, motion_kernel
     from restoration.operators import blur
 
     cld = CLD()
@@ -136,27 +137,28 @@ def _classical_cases(out: dict[str, Tensor]) -> None:
 
 
 def _kernel_cases(out: dict[str, Tensor]) -> None:
+    from restoration import kernel_ops as kops
     from restoration import kernels as kern
-    from restoration.cvsa import soft_kernel, soft_project
-    from restoration.proximal import image_prox, kernel_least_squares
+    from restoration.physics import BlurMask
 
     g = torch.Generator().manual_seed(9)
     ks = kern.sample_kernels(6, 15, g)
     noisy = (ks + 0.01 * torch.rand(ks.shape, generator=g)).float()
     out["kern/sample"] = ks
-    out["kern/project"] = kern.project(noisy)
-    out["kern/from_prior"] = kern.from_prior(torch.rand(ks.shape, generator=g) * 2 - 1)
-    out["kern/soft_project"] = soft_project(noisy, 0.05)
-    out["kern/soft_kernel"] = soft_kernel(kern.to_prior(noisy), 0.02)
-    out["kern/resample"] = kern.resample_kernel(noisy, 9)
+    out["kern/project"] = kops.project(noisy)
+    out["kern/from_prior"] = kops.from_prior(torch.rand(ks.shape, generator=g) * 2 - 1)
+    out["kern/soft_project"] = kops.soft_project(noisy, 0.05)
+    out["kern/soft_kernel"] = kops.soft_kernel(kops.to_prior(noisy), 0.02)
+    out["kern/resample"] = kops.resample_kernel(noisy, 9)
     out["kern/mmg"] = kern.moment_matched_gaussian(noisy)
     x = _frame(11, 1, 30, 30).float()
     y = x[..., 3:-3, 3:-3]
     mask = torch.ones(1, 1, 24, 24)
     mask[..., :6, :6] = 0
-    out["ls/kernel"] = kernel_least_squares(y, mask, x, _delta(7), 1e-3, 15)
+    physics = BlurMask(y, (30, 30), 0.5, mask=mask, kernel=ks[:1, :, 4:11, 4:11].float())
+    out["ls/kernel"] = physics.update_kernel(x, _delta(7), 1e-3, 15)
     rho = torch.full((1, 1, 1, 1), 0.3)
-    out["prox/image"] = image_prox(y, mask, ks[:1, :, 4:11, 4:11].float(), x, rho, 12, 0.02)
+    out["prox/image"] = physics.data_consistency(x, rho, 0.08, 12)  # mu = 0.08 * 0.5^2 = 0.02
 
 
 def _delta(size: int) -> Tensor:
@@ -167,7 +169,7 @@ def _delta(size: int) -> Tensor:
 
 def _restorer_cases(out: dict[str, Tensor]) -> None:
     from flows.config import load_config
-    from flows.restorer import FrameInput, FrameRestorer
+    from restoration.service import FrameInput, FrameRestorer
     from restoration.priors import load_shipped
 
     priors = (load_shipped("image"), load_shipped("kernel"))

@@ -6,7 +6,7 @@ import torch
 from restoration.analytic import gaussian_prior_score
 from restoration.cld import CLD
 from restoration.cvsa import restore_blind
-from restoration.kernels import from_prior, to_prior
+from restoration.kernel_ops import from_prior, to_prior
 from restoration.metrics import kernel_mse, kernel_ncc
 from restoration.operators import blur
 from restoration.rng import generator_for

@@ -15,7 +15,8 @@ from restoration.classical import (
     sparse_deconv,
     wiener_deconv,
 )
-from restoration.kernels import centre_of_mass, gaussian_kernel, sample_kernels
+from restoration.kernel_ops import centre_of_mass
+from restoration.kernels import gaussian_kernel, sample_kernels
 from restoration.metrics import kernel_ncc, psnr, psnr_masked
 from restoration.operators import blur
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas

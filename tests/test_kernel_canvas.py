@@ -9,16 +9,8 @@ import torch
 from restoration.analytic import gaussian_prior_score
 from restoration.cld import CLD
 from restoration.cvsa import restore_blind
-from restoration.kernels import (
-    KernelError,
-    centre_of_mass,
-    gaussian_kernel,
-    kernel_extent,
-    resample_kernel,
-    resample_matrix,
-    sample_kernels,
-    to_prior,
-)
+from restoration.kernel_ops import KernelError, centre_of_mass, resample_kernel, resample_matrix, to_prior
+from restoration.kernels import gaussian_kernel, kernel_extent, sample_kernels
 from restoration.operators import blur
 from restoration.rng import generator_for
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from restoration import kernel_choice as kc
-from restoration.kernels import centre_of_mass, gaussian_kernel, line_kernel
+from restoration.kernel_ops import centre_of_mass
+from restoration.kernels import gaussian_kernel, line_kernel
 from restoration.metrics import registration_shift
 from restoration.operators import blur
 from restoration.settings import KernelStrategy

@@ -8,23 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from restoration.kernel_ops import centre_of_mass, from_prior, project, to_prior
 from restoration.kernels import (
     KINDS,
     KernelError,
-    centre_of_mass,
     defocus_kernel,
-    from_prior,
     gaussian_kernel,
     kernel_extent,
     mass_concentration,
     motion_kernel,
     motion_trajectory,
     path_curvature,
-    project,
     random_kernel,
     sample_kernels,
     support_size,
-    to_prior,
 )
 
 

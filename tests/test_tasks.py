@@ -11,6 +11,7 @@ from restoration.baselines import hio_phase_retrieval
 from restoration.cld import CLD
 from restoration.cvsa import dmps_velocity_score, restore
 from restoration.operators import adjointness_gap, pad_to_canvas
+from restoration.physics import magnitude_prox
 from restoration.tasks import (
     NOISE_SIGMA,
     TASK_NAMES,
@@ -20,7 +21,6 @@ from restoration.tasks import (
     align_phase_ambiguities,
     box_mask,
     degrade,
-    magnitude_prox,
     problem,
     task_params,
     truth_canvas_size,

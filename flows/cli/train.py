@@ -259,7 +259,8 @@ def kernel_bank(data: dict[str, Any], cache_dir: Path, progress: bool = True) ->
     """(N, 1, K, K) float32 bank of generated kernels in the prior representation, cached."""
     from tqdm.auto import tqdm
 
-    from restoration.kernels import sample_kernels, to_prior
+    from restoration.kernel_ops import to_prior
+    from restoration.kernels import sample_kernels
 
     n, size, seed = int(data["bank"]), int(data["size"]), int(data.get("seed", 0))
     kinds = tuple(data.get("kinds", ("motion", "gaussian", "defocus", "mixture")))

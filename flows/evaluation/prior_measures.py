@@ -14,7 +14,8 @@ from scipy.ndimage import gaussian_filter
 
 from flows.fonts import find_fonts
 from restoration.cvsa import restore
-from restoration.kernels import from_prior, kernel_extent, mass_concentration, sample_kernels
+from restoration.kernel_ops import from_prior
+from restoration.kernels import kernel_extent, mass_concentration, sample_kernels
 from restoration.metrics import psnr
 from restoration.priors import Prior, load_prior, load_shipped
 from restoration.synthetic import HELDOUT_SEED_START, render_batch
@@ -281,7 +282,7 @@ def kernel_size_rows(prior: Prior, n: int, seed: int, kinds: Sequence[str], canv
     canvas, on `big`-px kernels run directly (the conv net on a larger canvas), and on `big`-px
     kernels via the prior's canvas (kernels.resample_kernel down, x0_hat, from_prior, back up).
     Kernel NCC / MSE (restoration.metrics) against the true kernel on its canvas."""
-    from restoration.kernels import resample_kernel, to_prior
+    from restoration.kernel_ops import resample_kernel, to_prior
     from restoration.metrics import kernel_mse, kernel_ncc
 
     g = torch.Generator().manual_seed(20_000_000 + seed)

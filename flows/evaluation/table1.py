@@ -5,7 +5,7 @@ deblur-motion, phase-retrieval) x every method of :data:`METHODS`, all on the sh
 
 - ``cvsa``: CVSA Alg. 1 with the literal guidance (``restoration.cvsa.restore``);
 - ``cvsa-prox``: proximal CVSA (``restore_proximal``: data-consistency solve + CLD renoise step);
-  for phase retrieval the solve is the damped magnitude projection (``tasks.magnitude_prox``);
+  for phase retrieval the solve is the damped magnitude projection (``physics.magnitude_prox``);
 - ``dps``: ``restore(..., guidance="dps")``, ζ ||y - H(x0_hat)|| on the same CLD prior;
 - ``dmps``: DMPS's closed-form uninformative-prior likelihood (``cvsa.dmps_velocity_score``);
   linear tasks only ("n/a" on phase retrieval);
