@@ -65,8 +65,8 @@ def _check_kernel(k: torch.Tensor, batch: int) -> torch.Tensor:
 def wiener_deconv(
     y: torch.Tensor,
     k: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    sigma: float = 0.04,
+    mask: torch.Tensor | None,
+    sigma: float,
     reg: float | None = None,
     mm_iters: int = 10,
 ) -> torch.Tensor:
@@ -154,8 +154,8 @@ def _sparse_deconv_canvas(
 def sparse_deconv(
     y: torch.Tensor,
     k: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    sigma: float = 0.04,
+    mask: torch.Tensor | None,
+    sigma: float,
     tau: float | None = None,
     p: float = 0.8,
     iters: int = 20,
@@ -185,8 +185,8 @@ def sparse_deconv(
 def sparse_energy(
     y: torch.Tensor,
     k: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    sigma: float = 0.04,
+    mask: torch.Tensor | None,
+    sigma: float,
     config: BlindConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hyper-Laplacian MAP restoration with kernel k, its energy and its data fit, per sample.
@@ -222,7 +222,7 @@ def classical_blind(
     y: torch.Tensor,
     mask: torch.Tensor | None,
     kernel_size: int,
-    sigma: float = 0.04,
+    sigma: float,
     config: BlindConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Classical blind deconvolution: L0 kernel estimation, then hyper-Laplacian deconvolution.

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-_LUMA = np.array([0.299, 0.587, 0.114])
+from restoration.kernel_ops import LUMA
+
+_LUMA_NP = np.array(LUMA)
 
 
 def decode_codes(image: np.ndarray) -> tuple[str, ...]:
@@ -22,7 +24,7 @@ def decode_codes(image: np.ndarray) -> tuple[str, ...]:
     import zxingcpp  # imported here: a compiled extension only the read-out needs
 
     if image.ndim == 3:
-        gray = np.clip(np.rint(image[..., :3].astype(np.float64) @ _LUMA), 0, 255).astype(np.uint8)
+        gray = np.clip(np.rint(image[..., :3].astype(np.float64) @ _LUMA_NP), 0, 255).astype(np.uint8)
     elif image.ndim == 2:
         gray = np.asarray(image, np.uint8)
     else:

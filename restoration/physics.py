@@ -22,13 +22,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from restoration.operators import blur, blur_adjoint, kernel_adjoint, phase_retrieval
+from restoration.operators import (
+    CanvasOffsets,
+    blur,
+    blur_adjoint,
+    crop_from_canvas,
+    kernel_adjoint,
+    pad_to_canvas,
+    phase_retrieval,
+)
 
 Operator = Callable[[Tensor], Tensor]
 """A forward model H (or its adjoint) on (B, C, H, W) tensors."""
@@ -104,8 +113,8 @@ def linear_prox(
     adjoint: Operator,
     x_anchor: Tensor,
     rho: Tensor | float,
-    iters: int = 12,
-    grad_reg: Tensor | float = 0.0,
+    iters: int,
+    grad_reg: Tensor | float,
 ) -> Tensor:
     """argmin_x ||y - A x||^2 + rho ||x - x_anchor||^2 + mu ||grad x||^2 for a linear A (per sample).
 
@@ -185,6 +194,10 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+def _crop(x: Tensor, offsets: CanvasOffsets, h: int, w: int) -> Tensor:
+    return crop_from_canvas(x, offsets, h, w)
+
+
 @dataclass(frozen=True, eq=False)
 class Physics:
     """A forward model bound to one batch of observations: everything a sampler needs.
@@ -258,6 +271,27 @@ class BlurMask(Physics):
 
     def _adjoint(self, r: Tensor) -> Tensor:
         return blur_adjoint(self.mask * r, self.kernel)
+
+    @classmethod
+    def for_frames(
+        cls, y: Tensor, mask: Tensor | None, kernel_size: int, noise_sigma: float | Tensor, multiple: int
+    ) -> BlurMask:
+        """The problem of frames y (B, C, h, w) (mask (B, 1, h, w), 1 = observed; None: all) blurred
+        by an unknown K x K kernel: y is padded to the blur output of a canvas rounded up to
+        ``multiple`` (the padding unobserved) and ``crop`` returns the (h, w) frame under y;
+        ``noise_sigma`` becomes one float64 std per frame."""
+        batch, _, h, w = y.shape
+        if mask is None:
+            mask = torch.ones(batch, 1, h, w, dtype=y.dtype, device=y.device)
+        y_p, m_p, offsets = pad_to_canvas(y, mask, kernel_size, multiple=multiple)
+        sigma = torch.as_tensor(noise_sigma, dtype=torch.float64).expand(batch)
+        canvas = (offsets.canvas_height, offsets.canvas_width)
+        return cls(y_p, canvas, sigma, partial(_crop, offsets=offsets, h=h, w=w), mask=m_p)
+
+    @property
+    def kernel_size(self) -> int:
+        """K: the canvas is K - 1 px larger than the (padded) observation."""
+        return self.canvas[0] - self.y.shape[-2] + 1
 
     def with_kernel(self, kernel: Tensor) -> BlurMask:
         return dataclasses.replace(self, kernel=kernel)

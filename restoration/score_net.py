@@ -215,11 +215,7 @@ class CLDEpsNet(nn.Module):
     def __init__(
         self,
         unet: ScoreUNet,
-        beta: float = 4.0,
-        mass: float = 0.25,
-        friction: float = 1.0,
-        gamma: float = 0.04,
-        t_min: float = 1e-3,
+        cld: CLD | None = None,
         sigma_data: float = 0.5,
         mu_data: float = 0.0,
         preconditioning: str = "none",
@@ -232,7 +228,7 @@ class CLDEpsNet(nn.Module):
                 f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning!r}"
             )
         self.unet = unet
-        self.cld = CLD(beta=beta, mass=mass, friction=friction, gamma=gamma, t_min=t_min)
+        self.cld = cld if cld is not None else CLD()
         self.sigma_data = float(sigma_data)
         self.mu_data = float(mu_data)
         self.preconditioning = preconditioning
@@ -324,11 +320,13 @@ def _build(net_cfg: dict, cld_cfg: dict) -> CLDEpsNet:
     )
     return CLDEpsNet(
         unet,
-        beta=float(cld_cfg["beta"]),
-        mass=float(cld_cfg["mass"]),
-        friction=float(cld_cfg["friction"]),
-        gamma=float(cld_cfg["gamma"]),
-        t_min=float(cld_cfg["t_min"]),
+        CLD(
+            beta=float(cld_cfg["beta"]),
+            mass=float(cld_cfg["mass"]),
+            friction=float(cld_cfg["friction"]),
+            gamma=float(cld_cfg["gamma"]),
+            t_min=float(cld_cfg["t_min"]),
+        ),
         sigma_data=float(net_cfg.get("sigma_data", 0.5)),
         mu_data=float(net_cfg.get("mu_data", 0.0)),
         preconditioning=str(net_cfg.get("preconditioning", "none")),

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from restoration.cvsa import restore_blind
+from restoration.cvsa import ScorePrior, restore_blind
 from restoration.device import to_device, use_bf16
 from restoration.kernel_choice import KERNEL_STRATEGIES, USES_KERNEL_PRIOR, KernelPlan
 from restoration.kernels import kernel_extent
 from restoration.metrics import sharpness_gain
 from restoration.noise import estimate_noise_sigma
+from restoration.physics import BlurMask
 from restoration.priors import Prior, load_shipped
 from restoration.rng import generator_for
 from restoration.settings import RestorationSettings, model_noise_sigma
@@ -217,18 +218,17 @@ class FrameRestorer:
             return None if ks[0] is None else torch.cat(ks).to(y.device, y.dtype)
 
         known, kernel_init = stack("known_kernel"), stack("kernel_init")
-        kernel_score = None if self.kernel_prior is None else autocast_score(self.kernel_prior, self.bf16)
+        kernel_prior = None
+        if self.kernel_prior is not None:
+            score = autocast_score(self.kernel_prior, self.bf16)
+            kernel_prior = ScorePrior(score, self.kernel_prior.cld, self.kernel_canvas(s.kernel_size))
+        blind = s.blind_settings()
         result = restore_blind(
-            y, m, self.image_score, kernel_score,
-            image_cld=self.image_prior.cld,
-            kernel_cld=None if self.kernel_prior is None else self.kernel_prior.cld,
-            kernel_size=s.kernel_size, steps=s.steps, noise_sigma=sigma,
-            generator=[generator_for(f.seed_key, device=self.device) for f in frames],
-            method=s.method, image_guidance=s.image_guidance, kernel_guidance=s.kernel_guidance,
-            prox_strength=s.prox_strength, renoise=s.renoise, kernel_init=kernel_init, known_kernel=known,
-            kernel_t_start=s.kernel_t_start, kernel_canvas=self.kernel_canvas(s.kernel_size),
-            callback=progress,
-        )  # fmt: skip
+            BlurMask.for_frames(y, m, s.kernel_size, sigma, blind.canvas_multiple),
+            ScorePrior(self.image_score, self.image_prior.cld), kernel_prior, blind,
+            [generator_for(f.seed_key, device=self.device) for f in frames],
+            known_kernel=known, kernel_init=kernel_init, callback=progress,
+        )
         gains = sharpness_gain(result.x, y, m)
         extents = kernel_extent(result.kernel.double())
         return [

@@ -8,9 +8,8 @@ pipeline's YAML is validated into these models at the edge by flows/config.py, w
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
-
-from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,73 +24,7 @@ def model_noise_sigma(noise_sigma: float) -> float:
     return 2.0 * noise_sigma
 
 
-class Frozen(BaseModel):
-    """Immutable, and unknown keys are errors (a typo in a YAML file fails at load)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RestorationSettings(Frozen):
-    """Numbers handed to the blind sampler by the restoring service (restoration/service.py).
-
-    Every field except those in :attr:`PIXEL_NEUTRAL` changes the restored pixels and so enters
-    :meth:`PipelineConfig.config_hash` (the ledger's idempotency key).
-    """
-
-    # per-sample restoration: batch mates (frames, or score tiles) never change a frame's pixels
-    PIXEL_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"batch_size", "tile_batch"})
-
-    working_size: int = Field(256, ge=16, description="side of the native-pixel region the kernel is "
-                              "estimated on; frames are always restored at their own size")
-    kernel_size: int = Field(41, ge=3, le=63, description="odd side of the estimated blur kernel, native px")
-    steps: int = Field(30, ge=1, description="reverse-diffusion steps of the sampler")
-    noise_sigma: float | Literal["auto"] = Field(
-        "auto", description="noise std of the input on the [0, 1] intensity scale; 'auto' estimates it per "
-        "frame (median absolute deviation of the finest diagonal wavelet band, restoration/noise.py); "
-        "the samplers get model_noise_sigma(): the [-1, 1] scale")
-    tile_size: int = Field(256, ge=16, description="the image score network runs on tiles of this side, px")
-    tile_overlap: int = Field(32, ge=0, description="overlap of neighbouring score tiles, px (blended)")
-    tile_batch: int = Field(4, ge=1, description="score tiles per network call (bounds memory)")
-    method: Method = Field("proximal", description="blind sampler variant")
-    image_guidance: float = Field(1.0, ge=0, description="proximal: share of the data-consistent image step")
-    kernel_guidance: float = Field(0.5, ge=0, description="proximal: blend of the kernel update into k0_hat")
-    prox_strength: float = Field(1.0, gt=0, description="lambda in rho_t = lambda sigma^2 / Var(x0 | u_t)")
-    renoise: float = Field(1.0, ge=0, le=1, description="proximal: fresh-noise share of the CLD renoise step")
-    kernel_strategy: KernelStrategy = Field(
-        "select", description="which kernel restores a frame (kernel_choice.KERNEL_STRATEGIES)")
-    kernel_t_start: float = Field(0.0, ge=0, le=1, description="least-squares kernel refinement below this t")
-    batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
-    bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"must be odd (the kernel has a centre pixel), got {v}")
-        return v
-
-    @field_validator("noise_sigma")
-    @classmethod
-    def _sigma(cls, v: float | str) -> float | str:
-        if not isinstance(v, str) and not 0 < v <= 0.5:
-            raise ValueError(f"must be 'auto' or a number in (0, 0.5], got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _compatible(self) -> RestorationSettings:
-        if self.kernel_size >= self.working_size:
-            raise ValueError(f"kernel_size {self.kernel_size} must be smaller than working_size "
-                             f"{self.working_size} (the region the kernel is estimated on)")
-        if self.tile_size <= 2 * self.tile_overlap:
-            raise ValueError(f"tile_size {self.tile_size} must exceed twice tile_overlap {self.tile_overlap}")
-        return self
-
-    def pixel_settings(self) -> dict[str, Any]:
-        """The settings that change restored pixels (everything but :attr:`PIXEL_NEUTRAL`)."""
-        return self.model_dump(exclude=set(self.PIXEL_NEUTRAL))
-
-
-# ----------------------------------------------------------------------------- inside restoration/
+# ------------------------------------------------------------------- samplers' and estimators' settings
 
 #: Bumped by every change of the code that changes restored pixels (or kernels) for the same
 #: inputs, settings and priors; part of the idempotency key, so such a change makes every frame
@@ -140,3 +73,169 @@ class BlindConfig:
     final_tau: float = 20.0
     final_p: float = 0.8
     final_iters: int = 20
+
+
+@dataclass(frozen=True)
+class ProximalSettings:
+    """Proximal CVSA (``restore_proximal``; the image step of ``restore_blind``).
+
+    Attributes:
+        steps: reverse-diffusion steps (network evaluations of the image prior).
+        prox_strength: λ in ρ_t = λ σ² / Var(x0 | u_t).
+        renoise: ζ, the fresh-noise share of the CLD renoise step (None: shift the velocity score
+            instead and take a reverse-SDE step; restore_blind only).
+        grid_power: time grid t_i = t_min + (1 - t_min)(1 - i/N)^power.
+        grad_reg: μ = grad_reg σ², the Wiener-style gradient penalty of the data-consistency solve.
+        cg_iters: conjugate-gradient iterations of the data-consistency solve (and of the
+            least-squares kernel update).
+        prior_var: s², the data variance that caps Var(x0 | u_t) in ρ_t.
+    """
+
+    steps: int = 30
+    prox_strength: float = 1.0
+    renoise: float | None = 1.0
+    grid_power: float = 3.0
+    grad_reg: float = 20.0
+    cg_iters: int = 12
+    prior_var: float = 0.25
+
+
+@dataclass(frozen=True)
+class GuidedSettings:
+    """Gradient-guided CVSA (``restore``): CVSA Alg. 1 (``literal``), DPS (``dps``) or DMPS (``dmps``).
+
+    Attributes:
+        steps: reverse-diffusion steps; guidance: the likelihood term; scale: its weight (1 =
+        literal 1/(2σ²); DPS's ζ; DMPS's factor); grid_power: 1 is Alg. 1's uniform grid;
+        dmps_cg_iters: CG iterations of DMPS's closed form.
+    """
+
+    steps: int = 30
+    guidance: Literal["literal", "dps", "dmps"] = "literal"
+    scale: float = 1.0
+    grid_power: float = 1.0
+    dmps_cg_iters: int = 20
+
+
+@dataclass(frozen=True)
+class BlindSettings:
+    """Blind CVSA (``restore_blind``): the paper's Alg. 2 or the production proximal extension.
+
+    Attributes:
+        proximal: the image step (and the sampler's steps, grid and renoise).
+        method: "proximal" or "paper".
+        image_guidance: proximal: share of the data-consistent image step; paper: gradient scale.
+        kernel_guidance: proximal: blend of the kernel anchor into k̂0; paper: gradient scale.
+        kernel_reg: Tikhonov weight of the least-squares kernel update.
+        kernel_every: the kernel update runs every this many steps (and on the last).
+        kernel_threshold: soft projection threshold of the kernel process's kernels.
+        kernel_t_start: the least-squares kernel update runs once t <= this.
+        canvas_multiple: the image canvas is rounded up to this (the U-Net halves it 3 times).
+    """
+
+    proximal: ProximalSettings = field(default_factory=ProximalSettings)
+    method: Method = "proximal"
+    image_guidance: float = 1.0
+    kernel_guidance: float = 0.5
+    kernel_reg: float = 1e-3
+    kernel_every: int = 1
+    kernel_threshold: float = 0.02
+    kernel_t_start: float = 0.0
+    canvas_multiple: int = 8
+
+
+def code_defaults() -> dict[str, Any]:
+    """What the product's restoration uses beyond :class:`RestorationSettings`: the defaults of the
+    settings dataclasses (and :data:`ALGORITHM_VERSION`). Part of the idempotency key, so changing
+    one in code makes every frame pending."""
+    return {
+        "algorithm_version": ALGORITHM_VERSION,
+        "blind": asdict(BlindSettings()),
+        "classical": asdict(BlindConfig()),
+    }
+
+
+_BLIND = BlindSettings()
+
+
+class Frozen(BaseModel):
+    """Immutable, and unknown keys are errors (a typo in a YAML file fails at load)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RestorationSettings(Frozen):
+    """Numbers handed to the blind sampler by the restoring service (restoration/service.py).
+
+    Every field except those in :attr:`PIXEL_NEUTRAL` changes the restored pixels and so enters
+    :meth:`PipelineConfig.config_hash` (the ledger's idempotency key).
+    """
+
+    # per-sample restoration: batch mates (frames, or score tiles) never change a frame's pixels
+    PIXEL_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"batch_size", "tile_batch"})
+
+    working_size: int = Field(256, ge=16, description="side of the native-pixel region the kernel is "
+                              "estimated on; frames are always restored at their own size")
+    kernel_size: int = Field(41, ge=3, le=63, description="odd side of the estimated blur kernel, native px")
+    steps: int = Field(_BLIND.proximal.steps, ge=1, description="reverse-diffusion steps of the sampler")
+    noise_sigma: float | Literal["auto"] = Field(
+        "auto", description="noise std of the input on the [0, 1] intensity scale; 'auto' estimates it per "
+        "frame (median absolute deviation of the finest diagonal wavelet band, restoration/noise.py); "
+        "the samplers get model_noise_sigma(): the [-1, 1] scale")
+    tile_size: int = Field(256, ge=16, description="the image score network runs on tiles of this side, px")
+    tile_overlap: int = Field(32, ge=0, description="overlap of neighbouring score tiles, px (blended)")
+    tile_batch: int = Field(4, ge=1, description="score tiles per network call (bounds memory)")
+    method: Method = Field(_BLIND.method, description="blind sampler variant")
+    image_guidance: float = Field(
+        _BLIND.image_guidance, ge=0, description="proximal: share of the data-consistent image step")
+    kernel_guidance: float = Field(
+        _BLIND.kernel_guidance, ge=0, description="proximal: blend of the kernel update into k0_hat")
+    prox_strength: float = Field(
+        _BLIND.proximal.prox_strength, gt=0, description="lambda in rho_t = lambda sigma^2 / Var(x0 | u_t)")
+    renoise: float = Field(
+        _BLIND.proximal.renoise, ge=0, le=1, description="proximal: fresh-noise share of the renoise step")
+    kernel_strategy: KernelStrategy = Field(
+        "select", description="which kernel restores a frame (kernel_choice.KERNEL_STRATEGIES)")
+    kernel_t_start: float = Field(
+        _BLIND.kernel_t_start, ge=0, le=1, description="least-squares kernel refinement below this t")
+    batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
+    bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _kernel_size_is_odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd (the kernel has a centre pixel), got {v}")
+        return v
+
+    @field_validator("noise_sigma")
+    @classmethod
+    def _sigma(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and not 0 < v <= 0.5:
+            raise ValueError(f"must be 'auto' or a number in (0, 0.5], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _compatible(self) -> RestorationSettings:
+        if self.kernel_size >= self.working_size:
+            raise ValueError(f"kernel_size {self.kernel_size} must be smaller than working_size "
+                             f"{self.working_size} (the region the kernel is estimated on)")
+        if self.tile_size <= 2 * self.tile_overlap:
+            raise ValueError(f"tile_size {self.tile_size} must exceed twice tile_overlap {self.tile_overlap}")
+        return self
+
+    def blind_settings(self) -> BlindSettings:
+        """The blind sampler's settings: these fields over the dataclass defaults."""
+        proximal = ProximalSettings(steps=self.steps, prox_strength=self.prox_strength, renoise=self.renoise)
+        return BlindSettings(
+            proximal=proximal, method=self.method, image_guidance=self.image_guidance,
+            kernel_guidance=self.kernel_guidance, kernel_t_start=self.kernel_t_start,
+        )  # fmt: skip
+
+    def pixel_settings(self) -> dict[str, Any]:
+        """What changes restored pixels: these settings (all but :attr:`PIXEL_NEUTRAL`) and, under
+        ``"code"``, the code's own pixel-changing defaults with :data:`ALGORITHM_VERSION`
+        (:func:`code_defaults`): the idempotency key."""
+        return {**self.model_dump(exclude=set(self.PIXEL_NEUTRAL)), "code": code_defaults()}
+
+

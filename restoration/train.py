@@ -291,51 +291,69 @@ def crop_batches(
     crops only) a random transpose completes the 8 dihedral symmetries (kernel banks).
     """
     ragged = not isinstance(images, torch.Tensor)
-    if ragged:
-        if not images or any(im.ndim != 3 or min(im.shape[-2:]) < crop for im in images):
-            raise TrainError(f"every image of a ragged bank must be (C, H, W) with H, W >= {crop}")
-        n = len(images)
-        if weights is not None:
-            if len(weights) != n or min(weights) < 0 or sum(weights) <= 0:
-                raise TrainError("weights must be one non-negative number per image")
-            probs = torch.as_tensor(weights, dtype=torch.float64)
-    elif images.ndim != 4 or min(images.shape[-2:]) < crop:
-        raise TrainError(f"image bank {tuple(images.shape)} too small for {crop}px crops")
-    else:
-        n = images.shape[0]
+    n, probs = _check_bank(images, crop, weights)
     while True:
-        if ragged and weights is not None:
+        if probs is not None:
             idx = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
         else:
             idx = torch.randint(0, n, (batch_size,), generator=generator)
-        if ragged:
-            u = torch.rand(batch_size, 2, generator=generator, dtype=torch.float64)
-        else:
-            h, w = images.shape[-2:]
-            oy = torch.randint(0, h - crop + 1, (batch_size,), generator=generator)
-            ox = torch.randint(0, w - crop + 1, (batch_size,), generator=generator)
+        offsets = _offsets(images, idx, crop, generator, ragged)
         flips = torch.rand(batch_size, 3, generator=generator) < 0.5
         out = []
-        for i in range(batch_size):
-            img = images[idx[i]]
-            if ragged:  # offsets uniform over each image's own valid range
-                h, w = img.shape[-2:]
-                y = int(u[i, 0] * (h - crop + 1))
-                x = int(u[i, 1] * (w - crop + 1))
-            else:
-                y, x = int(oy[i]), int(ox[i])
-            patch = img[:, y : y + crop, x : x + crop]
-            if flips[i, 0]:
-                patch = patch.flip(-1)
-            if flips[i, 1]:
-                patch = patch.flip(-2)
-            if transpose and flips[i, 2]:
-                patch = patch.transpose(-1, -2)
-            out.append(patch)
+        for i, (y, x) in enumerate(offsets):
+            patch = images[idx[i]][:, y : y + crop, x : x + crop]
+            out.append(_flip(patch, flips[i], transpose))
         batch = torch.stack(out)
         if batch.dtype == torch.uint8:
             batch = batch.float() / 127.5 - 1.0
         yield batch.float()
+
+
+def _check_bank(
+    images: torch.Tensor | Sequence[torch.Tensor], crop: int, weights: Sequence[float] | None
+) -> tuple[int, torch.Tensor | None]:
+    """(bank size, draw probabilities or None for uniform) of a valid bank."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or min(images.shape[-2:]) < crop:
+            raise TrainError(f"image bank {tuple(images.shape)} too small for {crop}px crops")
+        return images.shape[0], None
+    if not images or any(im.ndim != 3 or min(im.shape[-2:]) < crop for im in images):
+        raise TrainError(f"every image of a ragged bank must be (C, H, W) with H, W >= {crop}")
+    if weights is None:
+        return len(images), None
+    if len(weights) != len(images) or min(weights) < 0 or sum(weights) <= 0:
+        raise TrainError("weights must be one non-negative number per image")
+    return len(images), torch.as_tensor(weights, dtype=torch.float64)
+
+
+def _offsets(
+    images: torch.Tensor | Sequence[torch.Tensor], idx: torch.Tensor, crop: int, generator: torch.Generator,
+    ragged: bool,
+) -> list[tuple[int, int]]:
+    """Top-left corners of the crops: uniform over each image's own valid range (ragged banks)."""
+    b = idx.shape[0]
+    if ragged:
+        u = torch.rand(b, 2, generator=generator, dtype=torch.float64)
+        sizes = [images[int(i)].shape[-2:] for i in idx]
+        return [
+            (int(u[i, 0] * (h - crop + 1)), int(u[i, 1] * (w - crop + 1)))
+            for i, (h, w) in enumerate(sizes)
+        ]
+    h, w = images.shape[-2:]
+    oy = torch.randint(0, h - crop + 1, (b,), generator=generator)
+    ox = torch.randint(0, w - crop + 1, (b,), generator=generator)
+    return [(int(oy[i]), int(ox[i])) for i in range(b)]
+
+
+def _flip(patch: torch.Tensor, flips: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """Horizontal / vertical flips and (square crops) a transpose: the dihedral augmentations."""
+    if flips[0]:
+        patch = patch.flip(-1)
+    if flips[1]:
+        patch = patch.flip(-2)
+    if transpose and flips[2]:
+        patch = patch.transpose(-1, -2)
+    return patch
 
 
 def kernel_batches(

@@ -33,10 +33,10 @@ def _frame(seed: int, c: int, h: int, w: int) -> Tensor:
 def _blind_cases(out: dict[str, Tensor]) -> None:
     from restoration.analytic import gaussian_prior_score
     from restoration.cld import CLD
-    from restoration.cvsa import restore_blind
     from restoration.kernel_ops import to_prior
     from restoration.kernels import gaussian_kernel, motion_kernel
     from restoration.operators import blur
+    from tests.samplers import blind
 
     cld = CLD()
     k = 7
@@ -55,7 +55,7 @@ def _blind_cases(out: dict[str, Tensor]) -> None:
 
     def run(**kw: object) -> None:
         name = str(kw.pop("name"))
-        res = restore_blind(
+        res = blind(
             y, mask, image_score, scores[int(kw.get("kernel_canvas") or k)], image_cld=cld, kernel_cld=cld,
             kernel_size=k, steps=6,
             noise_sigma=torch.tensor([0.04, 0.05]),
@@ -74,7 +74,8 @@ def _blind_cases(out: dict[str, Tensor]) -> None:
 def _task_cases(out: dict[str, Tensor]) -> None:
     from restoration.analytic import gaussian_prior_score
     from restoration.cld import CLD
-    from restoration.cvsa import restore, restore_proximal
+    from restoration.cvsa import ScorePrior, restore, restore_proximal
+    from restoration.settings import GuidedSettings, ProximalSettings
     from restoration.tasks import TASK_NAMES, degrade, problem, task_params, truth_canvas_size
 
     cld = CLD()
@@ -87,20 +88,15 @@ def _task_cases(out: dict[str, Tensor]) -> None:
         x = torch.cat([_frame(30 + i, 3, side, side) for i in range(2)]).float()
         y, _ = degrade(task, x, params, [torch.Generator().manual_seed(40 + i) for i in range(2)])
         prob = problem(task, y, params)
-        shape = (2, 3, *prob.canvas)
         out[f"{task}/y"] = y
-        res = restore_proximal(
-            prob.prox(20.0, 12), score, cld=cld, shape=shape, steps=5, noise_sigma=prob.noise_sigma,
-            generator=[torch.Generator().manual_seed(50 + i) for i in range(2)], dtype=prob.y.dtype,
-        )  # fmt: skip
+        gens = [torch.Generator().manual_seed(50 + i) for i in range(2)]
+        res = restore_proximal(prob, ScorePrior(score, cld), ProximalSettings(steps=5), gens)
         out[f"{task}/cvsa-prox"] = prob.crop(res.x)
         guided = ["literal", "dps"] + (["dmps"] if prob.linear else [])
         for guidance in guided:
-            res = restore(
-                prob.y, prob.forward, score, cld=cld, shape=shape, steps=4, noise_sigma=prob.noise_sigma,
-                generator=[torch.Generator().manual_seed(60 + i) for i in range(2)], guidance=guidance,
-                guidance_scale=0.01 if guidance == "literal" else 1.0, adjoint=prob.adjoint, grid_power=2.0,
-            )  # fmt: skip
+            gens = [torch.Generator().manual_seed(60 + i) for i in range(2)]
+            settings = GuidedSettings(4, guidance, 0.01 if guidance == "literal" else 1.0, 2.0)
+            res = restore(prob, ScorePrior(score, cld), settings, gens)
             out[f"{task}/{guidance}"] = prob.crop(res.x)
             out[f"{task}/{guidance}/x0rms"] = res.diagnostics["x0_hat_residual_rms"]
 
@@ -169,8 +165,8 @@ def _delta(size: int) -> Tensor:
 
 def _restorer_cases(out: dict[str, Tensor]) -> None:
     from flows.config import load_config
-    from restoration.service import FrameInput, FrameRestorer
     from restoration.priors import load_shipped
+    from restoration.service import FrameInput, FrameRestorer
 
     priors = (load_shipped("image"), load_shipped("kernel"))
     base = load_config("smoke").restoration.model_copy(

@@ -5,11 +5,11 @@ import torch
 
 from restoration.analytic import gaussian_prior_score
 from restoration.cld import CLD
-from restoration.cvsa import restore_blind
 from restoration.kernel_ops import from_prior, to_prior
 from restoration.metrics import kernel_mse, kernel_ncc
 from restoration.operators import blur
 from restoration.rng import generator_for
+from tests.samplers import blind
 
 K = 7
 CLD_DEFAULT = CLD()
@@ -55,7 +55,7 @@ RENOISE = dict(renoise=1.0, prox_strength=3.0, grad_reg=0.0)
 def run(problem, y=None, generator=None, steps=100, method="proximal", **kw):
     y0, _, _, image_score, kernel_score = problem
     y = y0 if y is None else y
-    return restore_blind(
+    return blind(
         y, None, image_score, kernel_score, image_cld=CLD_DEFAULT, kernel_cld=CLD_DEFAULT,
         kernel_size=K, steps=steps, noise_sigma=0.02, method=method,
         generator=generator if generator is not None else torch.Generator().manual_seed(1),

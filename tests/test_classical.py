@@ -141,8 +141,8 @@ def test_input_errors() -> None:
     with pytest.raises(ClassicalInputError):
         classical_blind(y[0], None, 5, SIGMA)
     with pytest.raises(ClassicalInputError):
-        wiener_deconv(y, torch.ones(1, 1, 4, 4) / 16)
+        wiener_deconv(y, torch.ones(1, 1, 4, 4) / 16, None, SIGMA)
     with pytest.raises(ClassicalInputError):
-        wiener_deconv(y, k, torch.ones(1, 1, 16, 16))
+        wiener_deconv(y, k, torch.ones(1, 1, 16, 16), SIGMA)
     with pytest.raises(ClassicalInputError):
-        wiener_deconv(y, k, sigma=0.0)
+        wiener_deconv(y, k, None, sigma=0.0)

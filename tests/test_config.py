@@ -181,3 +181,102 @@ def test_a_pixel_affecting_setting_makes_every_frame_pending(field: str) -> None
 
 def test_a_new_model_version_makes_every_frame_pending() -> None:
     assert len(plan_run(_discovery(), BASE.config_hash(), "image@2+kernel@1", None).pending) == 6
+
+
+# ----------------------------------------------------------------------------- the code's own defaults
+
+#: Numeric defaults of functions on the product's restoration path (restoration/, less the modules in
+#: OFF_PRODUCT_PATH), each classified. A pixel-changing setting belongs in restoration/settings.py
+#: (its dataclasses enter the key through code_defaults()); what remains here is either pixel-neutral
+#: or an algorithm constant, pinned by value: changing one changes pixels, so it needs an
+#: ALGORITHM_VERSION bump along with the new value here (test_algorithm_constants_are_pinned...).
+ALGORITHM_CONSTANTS: dict[str, float] = {
+    "classical.wiener_deconv.mm_iters": 10,  # oracle Wiener's refills (reference method)
+    "classical._gst.iters": 3,  # generalised shrinkage fixed-point iterations
+    "classical.sparse_deconv.p": 0.8,  # hyper-Laplacian exponent of the non-blind reference
+    "classical.sparse_deconv.iters": 20,
+    "kernel_ops.soft_project.threshold": 0.0,  # the least-squares kernel's soft projection
+    "kernel_ops.soft_kernel.threshold": 0.0,  # Alg. 2's differentiable kernel map
+    "periodic.inpaint.diffusion_iters": 100,  # initial fill of occlusions on the periodic canvas
+    "whittle.gradient_spectrum.taper": 8,  # the kernel score's periodogram window
+    "whittle.gradient_spectrum.freq_bins": 64,
+    "whittle.whittle_nll.iters": 40,  # fixed-point iterations of the Whittle fit
+}
+PIXEL_NEUTRAL_DEFAULTS = {
+    "kernel_ops.check_size.minimum": "validation",
+    "kernel_ops.delta_kernel.batch": "shape",
+    "noise.estimate_noise_sigma.floor": "the service always passes the quantisation floor",
+    "operators.downsample.factor": "sr4 task geometry (Table 1)",
+    "operators.downsample_adjoint.factor": "sr4 task geometry (Table 1)",
+    "operators.pad_to_canvas.multiple": "callers pass the settings' canvas_multiple",
+    "tiling.tiled_score.batch": "tiles per network call: memory, not pixels",
+    "whittle.gradient_spectrum.min_size": "callers pass the kernel size",
+    "whittle.training_gradient_profile.renders": "offline tool that regenerates GRADIENT_PROFILE",
+    "whittle.training_gradient_profile.size": "offline tool that regenerates GRADIENT_PROFILE",
+    "whittle.kernel_nll.frame": "an index",
+}
+#: generators, metrics, training, the analytic test prior, Table-1 tasks and their references
+OFF_PRODUCT_PATH = {"synthetic", "train", "score_net", "metrics", "kernels", "analytic", "baselines", "tasks"}
+
+
+def _code_defaults() -> dict[str, float]:
+    import ast
+
+    found: dict[str, float] = {}
+    for path in sorted((REPO / "restoration").rglob("*.py")):
+        if OFF_PRODUCT_PATH & set(path.relative_to(REPO / "restoration").with_suffix("").parts):
+            continue
+        if path.stem == "settings":
+            continue  # the settings themselves
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            a = node.args
+            pos = a.posonlyargs + a.args
+            pairs = [*zip(pos[len(pos) - len(a.defaults):], a.defaults, strict=True),
+                     *((k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None)]
+            for arg, d in pairs:
+                if isinstance(d, ast.Constant) and type(d.value) in (int, float):
+                    found[f"{path.stem}.{node.name}.{arg.arg}"] = d.value
+    return found
+
+
+def test_every_code_default_on_the_restoration_path_is_classified() -> None:
+    """A new numeric default in restoration/ (outside restoration/settings.py) fails here until it is
+    moved into the settings (and so into the idempotency key) or classified above."""
+    found = _code_defaults()
+    unclassified = set(found) - set(ALGORITHM_CONSTANTS) - set(PIXEL_NEUTRAL_DEFAULTS)
+    assert not unclassified, (
+        f"pixel-changing defaults outside restoration/settings.py: {sorted(unclassified)}; move them into "
+        "the settings dataclasses (they enter the key) or classify them in tests/test_config.py")
+    assert set(found) >= set(ALGORITHM_CONSTANTS) | set(PIXEL_NEUTRAL_DEFAULTS), "stale classification"
+
+
+def test_algorithm_constants_are_pinned_with_the_algorithm_version() -> None:
+    """Changing an algorithm constant changes pixels: pin the new value here and bump ALGORITHM_VERSION."""
+    from restoration.settings import ALGORITHM_VERSION
+
+    found = _code_defaults()
+    assert {k: found[k] for k in ALGORITHM_CONSTANTS} == ALGORITHM_CONSTANTS
+    assert ALGORITHM_VERSION == 1
+
+
+def test_the_key_holds_the_algorithm_version_and_the_codes_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from restoration import settings
+
+    key, found = BASE.config_hash(), _discovery()  # the ledger entries of the current key
+    monkeypatch.setattr(settings, "ALGORITHM_VERSION", settings.ALGORITHM_VERSION + 1)
+    bumped = BASE.config_hash()
+    assert bumped != key
+    assert len(plan_run(found, bumped, MODEL, None).pending) == 6
+    monkeypatch.undo()
+    assert BASE.config_hash() == key
+
+    @dataclasses.dataclass(frozen=True)
+    class Changed(settings.BlindSettings):
+        kernel_reg: float = 2e-3  # a code default nobody configures
+
+    monkeypatch.setattr(settings, "BlindSettings", Changed)
+    assert BASE.config_hash() != key

@@ -5,8 +5,8 @@ import torch
 
 from restoration.analytic import gaussian_posterior, gaussian_prior_score
 from restoration.cld import CLD
-from restoration.cvsa import restore
 from restoration.rng import generator_for
+from tests.samplers import guided
 
 CLD_DEFAULT = CLD()
 
@@ -26,7 +26,7 @@ def blur_matrix(n: int, taps: tuple[float, ...]) -> torch.Tensor:
 def test_unguided_sampler_reproduces_a_gaussian_prior() -> None:
     m, s2 = 0.3, 0.25
     score = gaussian_prior_score(CLD_DEFAULT, m, s2)
-    res = restore(
+    res = guided(
         None, None, score, cld=CLD_DEFAULT, shape=(512, 1, 4, 4), steps=300, noise_sigma=0.05,
         generator=torch.Generator().manual_seed(0), dtype=torch.float64,
     )  # fmt: skip
@@ -44,7 +44,7 @@ def test_the_papers_printed_sign_does_not_reproduce_the_prior() -> None:
     def flipped(x, v, t):
         return -exact(x, v, t)
 
-    res = restore(
+    res = guided(
         None, None, flipped, cld=CLD_DEFAULT, shape=(256, 1, 4, 4), steps=300, noise_sigma=0.05,
         generator=torch.Generator().manual_seed(0), dtype=torch.float64,
     )  # fmt: skip
@@ -70,7 +70,7 @@ def run_guided(problem, steps: int, guidance: str = "literal", scale: float = 1.
     def operator(x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1) @ a.T
 
-    return restore(
+    return guided(
         y.expand(batch, -1), operator, gaussian_prior_score(CLD_DEFAULT, 0.2, s2),
         cld=CLD_DEFAULT, shape=(batch, 1, 4, 4), steps=steps, noise_sigma=sigma,
         generator=torch.Generator().manual_seed(11), guidance=guidance, guidance_scale=scale,
@@ -100,7 +100,7 @@ def test_batch_independence_and_seeded_determinism(blur_problem) -> None:
     keys = [f"frame-{i}" for i in range(4)]
 
     def go(ks):
-        return restore(
+        return guided(
             y.expand(len(ks), -1), operator, score, cld=CLD_DEFAULT, shape=(len(ks), 1, 4, 4),
             steps=30, noise_sigma=sigma, generator=[generator_for(k) for k in ks],
         ).x  # fmt: skip

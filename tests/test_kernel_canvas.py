@@ -1,5 +1,5 @@
 """Kernel sizes beyond the kernel prior's canvas: area resampling (kernels.resample_kernel) and
-blind CVSA with the kernel process on the prior's canvas (restore_blind(kernel_canvas=...))."""
+blind CVSA with the kernel process on the prior's canvas (blind(kernel_canvas=...))."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 
 from restoration.analytic import gaussian_prior_score
 from restoration.cld import CLD
-from restoration.cvsa import restore_blind
 from restoration.kernel_ops import KernelError, centre_of_mass, resample_kernel, resample_matrix, to_prior
 from restoration.kernels import gaussian_kernel, kernel_extent, sample_kernels
 from restoration.operators import blur
 from restoration.rng import generator_for
+from tests.samplers import blind
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(63, 31), (31, 63), (15, 7), (31, 31)])
@@ -80,7 +80,7 @@ def test_blind_cvsa_with_kernel_process_on_a_smaller_canvas(method: str) -> None
     ys = torch.cat([y, y.flip(-1)])
 
     def run(yy, gens, steps):
-        return restore_blind(
+        return blind(
             yy, None, image_score, kernel_score, image_cld=cld, kernel_cld=cld, kernel_size=15,
             kernel_canvas=7, steps=steps, noise_sigma=0.02, method=method, generator=gens,
             kernel_guidance=0.5, renoise=1.0 if method == "proximal" else None,
@@ -93,12 +93,12 @@ def test_blind_cvsa_with_kernel_process_on_a_smaller_canvas(method: str) -> None
     torch.testing.assert_close(batch.kernel[1:], alone.kernel, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(batch.kernel.sum(dim=(1, 2, 3)).double(), torch.ones(2, dtype=y.dtype))
     # the kernel canvas equal to the kernel size is exactly the plain sampler
-    same = restore_blind(
+    same = blind(
         y, None, image_score, gaussian_prior_score(cld, resample_kernel(prior_mean, 15), 0.2),
         image_cld=cld, kernel_cld=cld, kernel_size=15, steps=4, noise_sigma=0.02, method=method,
         generator=generator_for("c"), kernel_canvas=15,
     )  # fmt: skip
-    plain = restore_blind(
+    plain = blind(
         y, None, image_score, gaussian_prior_score(cld, resample_kernel(prior_mean, 15), 0.2),
         image_cld=cld, kernel_cld=cld, kernel_size=15, steps=4, noise_sigma=0.02, method=method,
         generator=generator_for("c"),
@@ -106,7 +106,7 @@ def test_blind_cvsa_with_kernel_process_on_a_smaller_canvas(method: str) -> None
     torch.testing.assert_close(same.kernel, plain.kernel, rtol=0, atol=0)
     torch.testing.assert_close(same.x, plain.x, rtol=0, atol=0)
     with pytest.raises(ValueError):
-        restore_blind(y, None, image_score, kernel_score, image_cld=cld, kernel_cld=cld,
+        blind(y, None, image_score, kernel_score, image_cld=cld, kernel_cld=cld,
                       kernel_size=15, kernel_canvas=17, steps=2, noise_sigma=0.02,
                       generator=generator_for("d"))
 

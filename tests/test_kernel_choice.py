@@ -71,12 +71,12 @@ def test_sharp_frames_keep_the_identity_and_blurred_frames_do_not() -> None:
     sharp = _frame(kc.delta_kernel(15)[0, 0])
     blurred = _frame(gaussian_kernel(15, 2.0, 2.0).double())
     y = torch.cat([sharp, blurred])
-    choice = kc.choose_kernel(y, None, 15, candidates=("identity", "parametric"))
+    choice = kc.choose_kernel(y, None, 15, 0.04, candidates=("identity", "parametric"))
     assert choice.name == ["identity", "parametric"]
     assert set(choice.scores[1]) == {"identity", "parametric"}
     assert choice.score(1) < choice.scores[1]["identity"]
     # alone equals in a batch
-    alone = kc.choose_kernel(blurred, None, 15, candidates=("identity", "parametric"))
+    alone = kc.choose_kernel(blurred, None, 15, 0.04, candidates=("identity", "parametric"))
     assert alone.name == choice.name[1:] and torch.equal(alone.kernel[0], choice.kernel[1])
 
 
@@ -90,7 +90,7 @@ def test_every_strategy_returns_a_plan(name: str) -> None:
     y = _frame(gaussian_kernel(9, 1.2, 1.2).double(), size=48)
     mask = torch.ones(1, 1, 48, 48)
     mask[..., :10, :10] = 0
-    plan = kc.KERNEL_STRATEGIES[name](y, mask, 9)
+    plan = kc.KERNEL_STRATEGIES[name](y, mask, 9, 0.04)
     assert len(plan.choice.name) == 1
     fixed = plan.known_kernel is not None
     assert not (fixed and plan.kernel_init is not None)

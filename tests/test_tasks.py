@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from restoration.analytic import gaussian_posterior, gaussian_prior_score
 from restoration.baselines import hio_phase_retrieval
 from restoration.cld import CLD
-from restoration.cvsa import dmps_velocity_score, restore
+from restoration.guidance import dmps_velocity_score
 from restoration.operators import adjointness_gap, pad_to_canvas
 from restoration.physics import magnitude_prox
 from restoration.tasks import (
@@ -25,6 +25,7 @@ from restoration.tasks import (
     task_params,
     truth_canvas_size,
 )
+from tests.samplers import guided, operator_problem
 
 CLD_DEFAULT = CLD()
 
@@ -180,7 +181,7 @@ def test_dmps_score_is_the_uninformative_prior_limit_of_the_exact_likelihood_sco
     def adj(r):
         return (r @ a).reshape(-1, 1, 4, 4)
 
-    got = dmps_velocity_score(x, v, t, y, op, adj, CLD_DEFAULT, noise_sigma=sigma, cg_iters=64)
+    got = dmps_velocity_score((x, v), t, operator_problem(y, op, sigma, (4, 4), adj), CLD_DEFAULT, 64)
     flat = _exact_likelihood_score(a, y, x, v, t, 0.0, 1e12, sigma)
     torch.testing.assert_close(got, flat, rtol=1e-4, atol=1e-6)
     informed = _exact_likelihood_score(a, y, x, v, t, 0.0, 0.25, sigma)
@@ -200,7 +201,7 @@ def test_dmps_guided_samples_approach_the_exact_posterior() -> None:
     x_true = mean + s2**0.5 * torch.randn(n, generator=g, dtype=torch.float64)
     y = a @ x_true + sigma * torch.randn(n, generator=g, dtype=torch.float64)
     post_mu, post_cov = gaussian_posterior(a, y, mean, s2, sigma)
-    res = restore(
+    res = guided(
         y.expand(batch, -1), lambda z: z.flatten(1) @ a.T, gaussian_prior_score(CLD_DEFAULT, 0.2, s2),
         cld=CLD_DEFAULT, shape=(batch, 1, 4, 4), steps=300, noise_sigma=sigma,
         generator=torch.Generator().manual_seed(11), guidance="dmps",
@@ -216,7 +217,7 @@ def test_dmps_guided_samples_approach_the_exact_posterior() -> None:
 
 def test_dmps_needs_an_adjoint() -> None:
     with pytest.raises(ValueError, match="adjoint"):
-        restore(
+        guided(
             torch.zeros(1, 4), lambda z: z.flatten(1), gaussian_prior_score(CLD_DEFAULT, 0.0, 0.25),
             cld=CLD_DEFAULT, shape=(1, 1, 2, 2), steps=2, noise_sigma=0.05, generator=None,
             guidance="dmps",

@@ -111,7 +111,10 @@ def method_oracle_wiener(frames: list[BenchFrame], ctx: BenchContext) -> MethodO
 
 def method_oracle_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutput:
     """Non-blind (proximal) CVSA with the TRUE kernel and the shipped image prior."""
-    from restoration.cvsa import restore_blind
+    from dataclasses import replace
+
+    from restoration.cvsa import ScorePrior, restore_blind
+    from restoration.physics import BlurMask
     from restoration.service import autocast_score
     from restoration.tiling import tiled_score
 
@@ -119,17 +122,15 @@ def method_oracle_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOut
     image_prior, kernel_prior = ctx.priors()
     s = ctx.settings
     y = _cat(frames, "y") * 2 - 1
+    score = tiled_score(autocast_score(image_prior, s.bf16), s.tile_size, s.tile_overlap, s.tile_batch)
+    blind = replace(s.blind_settings(), method="proximal")
     with torch.no_grad():
         result = restore_blind(
-            y, _masks(frames),
-            tiled_score(autocast_score(image_prior, s.bf16), s.tile_size, s.tile_overlap, s.tile_batch),
-            autocast_score(kernel_prior, s.bf16),
-            image_cld=image_prior.cld, kernel_cld=kernel_prior.cld, kernel_size=k.shape[-1],
-            steps=s.steps, noise_sigma=ctx.sigma(frames),
-            generator=[generator_for(f"bench/{f.id}") for f in frames],
-            method="proximal", known_kernel=k, image_guidance=s.image_guidance,
-            prox_strength=s.prox_strength, renoise=s.renoise,
-        )  # fmt: skip
+            BlurMask.for_frames(y, _masks(frames), k.shape[-1], ctx.sigma(frames), blind.canvas_multiple),
+            ScorePrior(score, image_prior.cld),
+            ScorePrior(autocast_score(kernel_prior, s.bf16), kernel_prior.cld),
+            blind, [generator_for(f"bench/{f.id}") for f in frames], known_kernel=k,
+        )
     return MethodOutput(x=(result.x.float() + 1) / 2, kernel=None, nfe=int(result.nfe))
 
 

@@ -18,6 +18,7 @@ from restoration.kernel_ops import from_prior
 from restoration.kernels import kernel_extent, mass_concentration, sample_kernels
 from restoration.metrics import psnr
 from restoration.priors import Prior, load_prior, load_shipped
+from restoration.settings import GuidedSettings
 from restoration.synthetic import HELDOUT_SEED_START, render_batch
 
 DENOISE_TS = (0.05, 0.1, 0.2, 0.4)
@@ -205,8 +206,7 @@ def unconditional(prior: Prior, shape: tuple[int, ...], steps: int, seed: int,
     for i in range(0, shape[0], batch):
         b = min(batch, shape[0] - i)
         g = torch.Generator().manual_seed(seed + i)
-        res = restore(None, None, prior.score, cld=prior.cld, shape=(b, *shape[1:]), steps=steps,
-                      noise_sigma=0.0, generator=g)
+        res = restore(None, prior, GuidedSettings(steps=steps), g, like=torch.empty(b, *shape[1:]))
         outs.append(res.x0_hat)
     return torch.cat(outs)
 

@@ -52,9 +52,10 @@ from flows.evaluation.tables import write_results
 from flows.fonts import find_fonts
 from restoration.baselines import bicubic_upsample, hio_phase_retrieval, inpaint_classical
 from restoration.classical import wiener_deconv
-from restoration.cvsa import restore, restore_proximal
+from restoration.cvsa import ScorePrior, restore, restore_proximal
 from restoration.metrics import psnr, ssim
 from restoration.rng import generator_for
+from restoration.settings import GuidedSettings, ProximalSettings
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
 from restoration.tasks import (
     NOISE_SIGMA,
@@ -159,13 +160,8 @@ def _guided(
     obs: Observation, ctx: MethodContext, method: str, guidance: str, steps: int, scale: float
 ) -> MethodOutput:
     prob = problem(obs.task, obs.y.to(ctx.device), obs.params)
-    prior = ctx.prior()
-    shape = (obs.y.shape[0], obs.y.shape[1], *prob.canvas)
-    res = restore(
-        prob.y, prob.forward, ctx.score(), cld=prior.cld, shape=shape, steps=steps,
-        noise_sigma=prob.noise_sigma, generator=_gens(obs, method), guidance=guidance,
-        guidance_scale=scale, adjoint=prob.adjoint, grid_power=ctx.settings.guided_grid_power,
-    )  # fmt: skip
+    settings = GuidedSettings(steps, guidance, scale, ctx.settings.guided_grid_power)
+    res = restore(prob, ScorePrior(ctx.score(), ctx.prior().cld), settings, _gens(obs, method))
     return MethodOutput(prob.crop(res.x).clamp(-1, 1).cpu(), res.nfe)
 
 
@@ -193,13 +189,11 @@ def method_cvsa_prox(obs: Observation, ctx: MethodContext) -> MethodOutput:
     """Proximal CVSA: data-consistency solve per step + CLD renoise (restore_proximal)."""
     s = ctx.settings
     prob = problem(obs.task, obs.y.to(ctx.device), obs.params)
-    shape = (obs.y.shape[0], obs.y.shape[1], *prob.canvas)
-    res = restore_proximal(
-        prob.prox(s.grad_reg, s.cg_iters), ctx.score(), cld=ctx.prior().cld, shape=shape,
-        steps=s.prox_steps, noise_sigma=prob.noise_sigma, generator=_gens(obs, "cvsa-prox"),
-        prox_strength=s.prox_strength, renoise=s.renoise, grid_power=s.grid_power,
-        dtype=prob.y.dtype, device=ctx.device,
-    )  # fmt: skip
+    settings = ProximalSettings(
+        s.prox_steps, s.prox_strength, s.renoise, s.grid_power, s.grad_reg, s.cg_iters
+    )
+    prior = ScorePrior(ctx.score(), ctx.prior().cld)
+    res = restore_proximal(prob, prior, settings, _gens(obs, "cvsa-prox"))
     return MethodOutput(prob.crop(res.x).clamp(-1, 1).cpu(), res.nfe)
 
 

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from restoration.kernel_ops import LUMA
 from restoration.synthetic import ean13
 
 RGB = tuple[int, int, int]
@@ -134,7 +135,8 @@ def hsv(h: float, s: float, v: float) -> RGB:
 
 
 def luminance(c: RGB) -> float:
-    return (0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]) / 255
+    """Rec. 601 luma of an 8-bit colour on [0, 1] (:data:`restoration.kernel_ops.LUMA`)."""
+    return (LUMA[0] * c[0] + LUMA[1] * c[1] + LUMA[2] * c[2]) / 255
 
 
 def ink_on(c: RGB, dark: RGB = (20, 20, 24), light: RGB = (250, 250, 248)) -> RGB:
@@ -185,10 +187,12 @@ def star_points(cx: float, cy: float, r: float, n: int, inner: float, rot: float
 
 
 def draw_logo(
-    draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw, centre: tuple[float, float], r: float, rng: np.random.Generator,
     fg: RGB, bg: RGB, path: FontPath, letter: str,
 ) -> None:
-    """A geometric logo of radius r: disc, ring, star, triangle, diamond, badge, leaf or waves."""
+    """A geometric logo of radius r at ``centre``: disc, ring, star, triangle, diamond, badge, leaf or
+    waves."""
+    cx, cy = centre
     kind = int(rng.integers(0, 8))
     box = (cx - r, cy - r, cx + r, cy + r)
     w = max(1, int(r * 0.22))

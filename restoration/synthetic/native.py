@@ -151,18 +151,30 @@ def _free_box(rng: np.random.Generator, used: list[tuple[float, ...]], pw: int, 
     return None
 
 
+@dataclass
+class _Sheet:
+    """A label panel being drawn: its canvas, palette, fonts and the boxes already taken."""
+
+    rng: np.random.Generator
+    panel: Image.Image
+    draw: ImageDraw.ImageDraw
+    pal: el.Palette
+    bg: tuple[int, int, int]
+    ink: tuple[int, int, int]
+    fonts: tuple[str, str, str]  # display, text, bold
+    used: list[tuple[float, ...]]
+
+    def free_box(self, w: float, h: float) -> tuple[float, float] | None:
+        return _free_box(self.rng, self.used, self.panel.width, self.panel.height, w, h)
+
+
 def _panel(rng: np.random.Generator, size: int, fonts: Sequence[str],
            codes: dict[str, list[float]]) -> Image.Image:
     """One label panel (RGBA, supersampled): EAN-13, maybe a QR code, text, price, logo."""
     pal = el.palette(rng)
     display, text = el.pick_fonts(rng, fonts)
     bold = el.bold_font(fonts, display)
-    ean = None
-    if rng.random() < 0.8:  # EAN-13 label, drawn first: the panel is made large enough for it
-        m = float(rng.uniform(MODULE_MIN_PX, MODULE_MAX_PX))
-        ean = ean_label(el.ean_code(rng), m, fonts, float(rng.uniform(0.3, 0.6)))
-        if rng.random() < 0.25:
-            ean = ean.transpose(Image.Transpose.ROTATE_90)
+    ean, module = _ean_label(rng, fonts)
     pw = _ss(size * float(rng.uniform(0.55, 1.0)))
     ph = _ss(size * float(rng.uniform(0.4, 0.85)))
     if ean is not None:  # room for the label (the panel may then run out of the frame)
@@ -170,54 +182,74 @@ def _panel(rng: np.random.Generator, size: int, fonts: Sequence[str],
         ph = max(ph, int(ean.height * float(rng.uniform(1.3, 1.8))))
     bg = pal.light if rng.random() < 0.6 else pal.primary
     panel = Image.new("RGBA", (pw, ph), (*bg, 255))
-    draw = ImageDraw.Draw(panel)
-    ink = el.ink_on(bg)
-    used: list[tuple[float, ...]] = []
+    sheet = _Sheet(rng, panel, ImageDraw.Draw(panel), pal, bg, el.ink_on(bg), (display, text, bold), [])
     if rng.random() < 0.5:  # brand name across the top (reserved first)
         top = min(ph * 0.2, _ss(48))
-        el.draw_text_fit(draw, (pw * 0.05, 2, pw * 0.95, top), el.brand_name(rng), display,
-                         pal.accent if bg == pal.light else ink)
-        used.append((0.0, 0.0, float(pw), top))
+        el.draw_text_fit(sheet.draw, (pw * 0.05, 2, pw * 0.95, top), el.brand_name(rng), display,
+                         pal.accent if bg == pal.light else sheet.ink)
+        sheet.used.append((0.0, 0.0, float(pw), top))
     if ean is not None:
-        at = _free_box(rng, used, pw, ph, *ean.size)
-        if at is not None:
-            panel.paste(ean, (int(at[0]), int(at[1])))
-            codes["ean"].append(m)
+        _paste(sheet, ean, codes["ean"], module)
     if rng.random() < 0.4:  # QR code
         m = float(rng.uniform(MODULE_MIN_PX, MODULE_MAX_PX))
         data = f"https://shop.example/p/{int(rng.integers(0, 10**9))}"
-        lab = qr_label(data, m)
-        at = _free_box(rng, used, pw, ph, *lab.size)
-        if at is not None:
-            panel.paste(lab, (int(at[0]), int(at[1])))
-            codes["qr"].append(m)
-    if rng.random() < 0.6:  # price
-        ph_px = float(rng.uniform(14, 40))
-        price = el.price_text(rng)
-        f = el.font(bold, _ss(ph_px))
-        tw = f.getlength(price)
-        at = _free_box(rng, used, pw, ph, tw + 8, _ss(ph_px) * 1.3)
-        if at is not None:
-            col = (200, 20, 30) if rng.random() < 0.4 else ink
-            draw.text((at[0] + 4, at[1]), price, font=f, fill=col)
+        _paste(sheet, qr_label(data, m), codes["qr"], m)
+    if rng.random() < 0.6:
+        _price(sheet)
+    _logos_and_text(sheet, size)
+    return panel
+
+
+def _ean_label(rng: np.random.Generator, fonts: Sequence[str]) -> tuple[Image.Image | None, float]:
+    """An EAN-13 label (80 % of panels; a quarter of them rotated) and its module width, px."""
+    if rng.random() >= 0.8:
+        return None, 0.0
+    m = float(rng.uniform(MODULE_MIN_PX, MODULE_MAX_PX))
+    ean = ean_label(el.ean_code(rng), m, fonts, float(rng.uniform(0.3, 0.6)))
+    if rng.random() < 0.25:
+        ean = ean.transpose(Image.Transpose.ROTATE_90)
+    return ean, m
+
+
+def _paste(sheet: _Sheet, label: Image.Image, record: list[float], module: float) -> None:
+    """Paste a code label into a free box; record its module width when it fits."""
+    at = sheet.free_box(*label.size)
+    if at is not None:
+        sheet.panel.paste(label, (int(at[0]), int(at[1])))
+        record.append(module)
+
+
+def _price(sheet: _Sheet) -> None:
+    rng = sheet.rng
+    ph_px = float(rng.uniform(14, 40))
+    price = el.price_text(rng)
+    f = el.font(sheet.fonts[2], _ss(ph_px))
+    at = sheet.free_box(f.getlength(price) + 8, _ss(ph_px) * 1.3)
+    if at is not None:
+        col = (200, 20, 30) if rng.random() < 0.4 else sheet.ink
+        sheet.draw.text((at[0] + 4, at[1]), price, font=f, fill=col)
+
+
+def _logos_and_text(sheet: _Sheet, size: int) -> None:
+    """0-2 logos, then 2-5 ingredient / nutrition text blocks."""
+    rng, draw, (_, text, bold) = sheet.rng, sheet.draw, sheet.fonts
     for _ in range(int(rng.integers(0, 3))):  # logos
         r = _ss(float(rng.uniform(8, 36)))
-        at = _free_box(rng, used, pw, ph, 2 * r, 2 * r)
+        at = sheet.free_box(2 * r, 2 * r)
         if at is not None:
-            el.draw_logo(draw, at[0] + r, at[1] + r, r, rng, pal.accent, bg, bold,
+            el.draw_logo(draw, (at[0] + r, at[1] + r), r, rng, sheet.pal.accent, sheet.bg, bold,
                          str(rng.choice(list("ABCDEFGHKMNPRSTW"))))
     for _ in range(int(rng.integers(2, 6))):  # ingredient / nutrition text blocks
         bw = _ss(size * float(rng.uniform(0.2, 0.5)))
         bh = _ss(size * float(rng.uniform(0.08, 0.3)))
-        at = _free_box(rng, used, pw, ph, bw, bh)
+        at = sheet.free_box(bw, bh)
         if at is None:
             continue
         if rng.random() < 0.25 and bh > _ss(60):
             el.draw_nutrition(draw, (at[0], at[1], at[0] + bw, at[1] + bh), rng, text, bold)
         else:
-            _text_lines(draw, (at[0], at[1], at[0] + bw, at[1] + bh), rng, text, ink,
+            _text_lines(draw, (at[0], at[1], at[0] + bw, at[1] + bh), rng, text, sheet.ink,
                         float(rng.uniform(7, 14)))
-    return panel
 
 
 # --------------------------------------------------------------------------- hands, wrap

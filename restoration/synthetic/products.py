@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from restoration.synthetic import elements as el
-from restoration.synthetic.elements import RGB, FontPath, Palette
+from restoration.synthetic import shading as sh
+from restoration.synthetic.elements import FontPath, Palette
 
 
 @dataclass(frozen=True)
@@ -36,52 +37,6 @@ def identity(rng: np.random.Generator, fonts: Sequence[str]) -> Identity:
     product, claim, qty = el.product_words(rng)
     return Identity(el.brand_name(rng), product, claim, qty, el.ean_code(rng), display, text,
                     el.bold_font(fonts, display), el.palette(rng))
-
-
-# --------------------------------------------------------------------------- shading
-def _apply_shading(
-    layer: Image.Image, mult: np.ndarray, spec: np.ndarray | None = None
-) -> Image.Image:
-    """rgb <- rgb * mult, then screen-blend a specular map (both (H, W) or broadcastable)."""
-    a = np.asarray(layer, dtype=np.float32) / 255.0
-    rgb = a[..., :3] * mult[..., None]
-    if spec is not None:
-        s = spec[..., None]
-        rgb = rgb + s * (1.0 - rgb)
-    out = np.concatenate([np.clip(rgb, 0, 1), a[..., 3:]], axis=-1)
-    return Image.fromarray((out * 255 + 0.5).astype(np.uint8), "RGBA")
-
-
-def _cylinder(w: int, h: int, rng: np.random.Generator, gloss: float) -> tuple:
-    """Lambert + Gaussian highlight across a vertical cylinder of width w."""
-    u = np.linspace(-0.98, 0.98, w, dtype=np.float32)
-    phi = float(rng.uniform(-0.6, 0.6))
-    lam = np.clip(np.cos(np.arcsin(u) - phi), 0, 1)
-    mult = 0.3 + 0.75 * lam
-    u0 = math.sin(phi) * 0.7 + float(rng.uniform(-0.1, 0.1))
-    spec = gloss * np.exp(-(((u - u0) / float(rng.uniform(0.04, 0.1))) ** 2))
-    spec = spec + 0.35 * gloss * np.exp(-(((u + 0.85) / 0.05) ** 2))  # rim light
-    return np.broadcast_to(mult, (h, w)), np.broadcast_to(spec, (h, w))
-
-
-def _linear_gradient(w: int, h: int, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
-    ang = float(rng.uniform(0, 2 * math.pi))
-    x = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
-    y = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
-    t = (math.cos(ang) * x + math.sin(ang) * y) * 0.5 + 0.5
-    return lo + (hi - lo) * t
-
-
-def _gradient_image(w: int, h: int, c0: RGB, c1: RGB) -> Image.Image:
-    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    img = np.asarray(c0, np.float32) * (1 - t) + np.asarray(c1, np.float32) * t
-    return Image.fromarray(np.broadcast_to(img, (h, w, 3)).astype(np.uint8), "RGB")
-
-
-def _with_alpha(rgb: Image.Image, mask: Image.Image) -> Image.Image:
-    out = rgb.convert("RGBA")
-    out.putalpha(mask)
-    return out
 
 
 # --------------------------------------------------------------------------- label designs
@@ -117,7 +72,7 @@ def _front_design(face: Image.Image, rng: np.random.Generator, ident: Identity) 
         el.draw_text_fit(draw, (w * 0.3, h * 0.04, w * 0.95, y0 - h * 0.04), ident.claim,
                          ident.bold, el.ink_on(pal.primary))
         r = min(w, h) * 0.1
-        el.draw_logo(draw, w * 0.04 + r, h * 0.04 + r, r, rng, pal.accent, pal.primary,
+        el.draw_logo(draw, (w * 0.04 + r, h * 0.04 + r), r, rng, pal.accent, pal.primary,
                      ident.bold, ident.brand[0].upper())
         _food(draw, (w * 0.05, y1 + h * 0.04, w * 0.7, h * 0.95), rng)
         el.draw_text_fit(draw, (w * 0.7, h * 0.8, w * 0.96, h * 0.95), ident.qty, ident.text,
@@ -129,7 +84,7 @@ def _front_design(face: Image.Image, rng: np.random.Generator, ident: Identity) 
         el.draw_text_fit(draw, (w * 0.1, h * 0.3, w * 0.9, h * 0.4), ident.product, ident.text,
                          el.ink_on(pal.primary))
         r = min(w, h) * 0.14
-        el.draw_logo(draw, w * 0.75, h * 0.7, r, rng, pal.accent, pal.secondary, ident.bold,
+        el.draw_logo(draw, (w * 0.75, h * 0.7), r, rng, pal.accent, pal.secondary, ident.bold,
                      ident.brand[0].upper())
         el.draw_text_fit(draw, (w * 0.06, h * 0.6, w * 0.55, h * 0.72), ident.claim, ident.bold,
                          el.ink_on(pal.secondary))
@@ -203,7 +158,7 @@ def carton(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Imag
     fh = int(min(unit * 1.1, fw * rng.uniform(0.6, 1.45)))
     d = 0 if rng.random() < 0.3 else int(fw * rng.uniform(0.06, 0.2))
     pal = ident.pal
-    face = _gradient_image(fw, fh, pal.primary, el.mix(pal.primary, pal.dark, 0.3))
+    face = sh.gradient_image(fw, fh, pal.primary, el.mix(pal.primary, pal.dark, 0.3))
     back = rng.random() < 0.35
     (_back_design if back else _front_design)(face, rng, ident)
     if not back and rng.random() < 0.25:
@@ -214,7 +169,7 @@ def carton(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Imag
     mask = Image.new("L", layer.size, 0)
     mdraw = ImageDraw.Draw(mask)
     mdraw.rectangle((0, d, fw - 1, fh + d - 1), fill=255)
-    mult = _linear_gradient(fw + d, fh + d, rng, 0.85, 1.08)
+    mult = sh.linear_gradient(fw + d, fh + d, rng, 0.85, 1.08)
     if d > 0:
         draw = ImageDraw.Draw(layer)
         top = [(0, d), (d, 0), (fw + d, 0), (fw, d)]
@@ -231,10 +186,10 @@ def carton(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Imag
     _maybe_price_tag(layer, rng, ident, (fw * 0.05, d + fh * 0.05, fw * 0.95, d + fh * 0.95))
     spec = None
     if rng.random() < 0.4:  # glossy film: a soft diagonal sheen
-        g = _linear_gradient(fw + d, fh + d, rng, -1.0, 1.0)
+        g = sh.linear_gradient(fw + d, fh + d, rng, -1.0, 1.0)
         spec = 0.35 * np.exp(-((g - float(rng.uniform(-0.5, 0.5))) / 0.12) ** 2)
     layer.putalpha(mask)
-    return _apply_shading(layer, mult, spec)
+    return sh.apply_shading(layer, mult, spec)
 
 
 def can(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
@@ -243,7 +198,7 @@ def can(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
     h = int(min(unit * 1.15, w * rng.uniform(1.3, 2.0)))
     ey = max(2, int(w * 0.1))
     pal = ident.pal
-    body = _gradient_image(w, h, pal.primary, el.mix(pal.primary, pal.secondary, 0.35))
+    body = sh.gradient_image(w, h, pal.primary, el.mix(pal.primary, pal.secondary, 0.35))
     draw = ImageDraw.Draw(body)
     style = int(rng.integers(0, 3))
     if style == 0:
@@ -260,7 +215,7 @@ def can(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
                          el.ink_on(pal.primary))
     else:
         r = w * 0.3
-        el.draw_logo(draw, w / 2, h * 0.35, r, rng, pal.accent, pal.primary, ident.bold,
+        el.draw_logo(draw, (w / 2, h * 0.35), r, rng, pal.accent, pal.primary, ident.bold,
                      ident.brand[0].upper())
         el.draw_text_fit(draw, (w * 0.06, h * 0.55, w * 0.94, h * 0.72), ident.brand,
                          ident.display, el.ink_on(pal.primary))
@@ -286,8 +241,8 @@ def can(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
     md.ellipse((0, 0, w - 1, 2 * ey), fill=255)
     md.ellipse((0, h - 2 * ey - 1, w - 1, h - 1), fill=255)
     layer.putalpha(mask)
-    mult, spec = _cylinder(w, h, rng, float(rng.uniform(0.45, 0.8)))
-    return _apply_shading(layer, mult, spec)
+    mult, spec = sh.cylinder(w, h, rng, float(rng.uniform(0.45, 0.8)))
+    return sh.apply_shading(layer, mult, spec)
 
 
 def bottle(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
@@ -343,8 +298,8 @@ def bottle(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Imag
                          el.ink_on(pal.primary))
     layer.paste(label, (0, int(ly0)), mask.crop((0, int(ly0), w, int(ly0) + lh)))
     layer.putalpha(mask)
-    mult, spec = _cylinder(w, h, rng, float(rng.uniform(0.5, 0.9)))
-    return _apply_shading(layer, mult, spec)
+    mult, spec = sh.cylinder(w, h, rng, float(rng.uniform(0.5, 0.9)))
+    return sh.apply_shading(layer, mult, spec)
 
 
 def bag(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
@@ -354,19 +309,8 @@ def bag(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
     pal = ident.pal
     seal = h * 0.07
     bulge = w * 0.04
-    teeth = int(rng.integers(10, 20))
-    pts: list[tuple[float, float]] = []
-    for i in range(teeth + 1):  # top zigzag, left to right
-        pts.append((bulge + (w - 2 * bulge) * i / teeth, 0 if i % 2 == 0 else seal * 0.25))
-    for i in range(1, 12):  # right side, bulging out
-        t = i / 12
-        pts.append((w - bulge + bulge * math.sin(math.pi * t) - 1, h * t))
-    for i in range(teeth, -1, -1):
-        pts.append((bulge + (w - 2 * bulge) * i / teeth, h - 1 - (0 if i % 2 else seal * 0.25)))
-    for i in range(11, 0, -1):
-        t = i / 12
-        pts.append((bulge - bulge * math.sin(math.pi * t), h * t))
-    face = _gradient_image(w, h, pal.primary, el.mix(pal.primary, pal.dark, 0.25))
+    pts = _bag_outline(w, h, seal, bulge, int(rng.integers(10, 20)))
+    face = sh.gradient_image(w, h, pal.primary, el.mix(pal.primary, pal.dark, 0.25))
     draw = ImageDraw.Draw(face)
     back = rng.random() < 0.25
     if back:
@@ -379,18 +323,8 @@ def bag(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
         for i in range(int(w / 4)):
             x = i * 4
             draw.line([(x, yy), (x, yy + seal)], fill=ridge, width=1)
-    if back:
-        pass
-    elif rng.random() < 0.6:
-        cx, cy = w / 2, h * 0.66
-        rx, ry = w * 0.3, h * 0.16
-        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=pal.light)
-        _food(draw, (cx - rx * 0.8, cy - ry * 0.8, cx + rx * 0.8, cy + ry * 0.8), rng)
-    else:
-        draw.rectangle((0, h * 0.55, w, h * 0.8), fill=pal.secondary)
-        el.draw_text_fit(draw, (w * 0.1, h * 0.57, w * 0.9, h * 0.78), ident.product,
-                         ident.bold, el.ink_on(pal.secondary))
     if not back:
+        _bag_window(draw, rng, ident, w, h)
         el.draw_text_fit(draw, (w * 0.1, h * 0.14, w * 0.9, h * 0.36), ident.brand,
                          ident.display, el.ink_on(pal.primary))
         rib = (w * 0.15, h * 0.38, w * 0.85, h * 0.46)
@@ -409,7 +343,31 @@ def bag(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
     u = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
     mult = (0.8 + 0.25 * np.sqrt(np.clip(1 - u**2, 0, 1))) * (1 + 0.08 * wr)
     spec = 0.3 * np.clip(wr - 1.0, 0, None)
-    return _apply_shading(layer, mult, spec)
+    return sh.apply_shading(layer, mult, spec)
+
+
+def _bag_outline(w: int, h: int, seal: float, bulge: float, teeth: int) -> list[tuple[float, float]]:
+    """The bag's silhouette: crimped (zigzag) seals at top and bottom, sides bulging out."""
+    top = [(bulge + (w - 2 * bulge) * i / teeth, 0 if i % 2 == 0 else seal * 0.25) for i in range(teeth + 1)]
+    right = [(w - bulge + bulge * math.sin(math.pi * (i / 12)) - 1, h * (i / 12)) for i in range(1, 12)]
+    bottom = [(bulge + (w - 2 * bulge) * i / teeth, h - 1 - (0 if i % 2 else seal * 0.25))
+              for i in range(teeth, -1, -1)]
+    left = [(bulge - bulge * math.sin(math.pi * (i / 12)), h * (i / 12)) for i in range(11, 0, -1)]
+    return top + right + bottom + left
+
+
+def _bag_window(draw: ImageDraw.ImageDraw, rng: np.random.Generator, ident: Identity, w: int, h: int) -> None:
+    """The front's window onto the food (60 %) or a band with the product name."""
+    pal = ident.pal
+    if rng.random() < 0.6:
+        cx, cy = w / 2, h * 0.66
+        rx, ry = w * 0.3, h * 0.16
+        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=pal.light)
+        _food(draw, (cx - rx * 0.8, cy - ry * 0.8, cx + rx * 0.8, cy + ry * 0.8), rng)
+    else:
+        draw.rectangle((0, h * 0.55, w, h * 0.8), fill=pal.secondary)
+        el.draw_text_fit(draw, (w * 0.1, h * 0.57, w * 0.9, h * 0.78), ident.product,
+                         ident.bold, el.ink_on(pal.secondary))
 
 
 def jar(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
@@ -454,8 +412,8 @@ def jar(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
                            ident.text, ink)
     _maybe_price_tag(layer, rng, ident, (w * 0.1, 0, w * 0.9, lid_h * 1.2), p=0.2)
     layer.putalpha(mask)
-    mult, spec = _cylinder(w, h, rng, float(rng.uniform(0.4, 0.8)))
-    return _apply_shading(layer, mult, spec)
+    mult, spec = sh.cylinder(w, h, rng, float(rng.uniform(0.4, 0.8)))
+    return sh.apply_shading(layer, mult, spec)
 
 
 def fruit(rng: np.random.Generator, unit: float, ident: Identity) -> Image.Image:
