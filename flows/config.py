@@ -104,6 +104,9 @@ class AlertSettings(Frozen):
     max_quarantine_rate: float | None = Field(
         0.5, ge=0, le=1, description="quarantined / processed frames above this ends the run as "
         "failed_quality (after every frame is processed); None disables the gate")
+    max_fallback_rate: float | None = Field(
+        0.5, ge=0, le=1, description="restored frames the guard shipped unrestored (fallback) / restored "
+        "frames above this ends the run as failed_quality; None disables the gate")
     webhook_env: str = Field(WEBHOOK_ENV, pattern=r"^[A-Z_][A-Z0-9_]*$",
                              description="environment variable holding the webhook URL (never the URL)")
 

@@ -28,10 +28,11 @@ import torch
 
 from restoration.cvsa import ScorePrior, restore_blind
 from restoration.device import to_device, use_bf16
+from restoration.guard import GuardVerdict, guard_stats, judge
 from restoration.kernel_choice import KERNEL_STRATEGIES, USES_KERNEL_PRIOR, KernelPlan
 from restoration.kernels import kernel_extent
 from restoration.metrics import sharpness_gain
-from restoration.noise import estimate_noise_sigma
+from restoration.noise import QUANTISATION_SIGMA, estimate_noise_sigma
 from restoration.physics import BlurMask
 from restoration.priors import Prior, load_shipped
 from restoration.rng import generator_for
@@ -60,10 +61,12 @@ class FrameOutput:
     noise_sigma: float  # noise std used, on the [0, 1] scale (estimated when the setting is 'auto')
     kernel_choice: str = ""  # the kernel candidate used (restoration/kernel_choice.py)
     kernel_score: float = float("nan")  # its no-reference score (Whittle nll; lower fits better)
+    #: why the guard shipped the input instead of the restoration ("" = it did not; restoration/guard.py)
+    fallback: str = ""
+    guard: dict[str, float] | None = None  # the guard's statistics (None: guard off)
+    rejected: np.ndarray | None = None  # the restoration the guard rejected (None: none was)
 
 
-#: 8-bit quantisation noise on the [-1, 1] scale (2/255/sqrt(12)): no frame is cleaner than this.
-QUANTISATION_SIGMA = 2.0 / 255.0 / 12**0.5
 
 
 def autocast_score(
@@ -202,6 +205,14 @@ class FrameRestorer:
                 yr.double().cpu(), mr.double().cpu(), s.kernel_size, sigma[i : i + 1]))
         return plans
 
+    def guard(self, y: torch.Tensor, m: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor
+              ) -> GuardVerdict | None:
+        """The no-reference guard's verdict on restorations x of frames y (None: guard off)."""
+        limits = self.settings.guard_settings()
+        if limits is None:
+            return None
+        return judge(guard_stats(y.cpu(), m.cpu(), x.cpu(), kernel.cpu()), limits)
+
     def _restore_group(
         self, frames: list[FrameInput], progress: Callable[[int, int], None] | None
     ) -> list[FrameOutput]:
@@ -229,12 +240,19 @@ class FrameRestorer:
             [generator_for(f.seed_key, device=self.device) for f in frames],
             known_kernel=known, kernel_init=kernel_init, callback=progress,
         )
-        gains = sharpness_gain(result.x, y, m)
+        x = result.x
+        verdict = self.guard(y, m, x, result.kernel)
+        rejected = [None if verdict is None or verdict.ok[i] else _to_uint8(x[i].cpu())
+                    for i in range(len(frames))]
+        if verdict is not None:  # a rejected restoration ships the input unchanged
+            keep = torch.tensor(verdict.ok, device=x.device).view(-1, 1, 1, 1)
+            x = torch.where(keep, x, y)
+        gains = sharpness_gain(x, y, m)
         extents = kernel_extent(result.kernel.double())
         return [
             FrameOutput(
                 key=f.key,
-                restored=_to_uint8(result.x[i].cpu()),
+                restored=f.image if verdict and not verdict.ok[i] else _to_uint8(x[i].cpu()),
                 kernel=result.kernel[i, 0].cpu().numpy().astype(np.float32),
                 residual=float(result.diagnostics["residual_ratio"][i]),
                 sharpness_gain=float(gains[i]),
@@ -244,6 +262,9 @@ class FrameRestorer:
                 noise_sigma=float(sigma[i]) / 2.0,
                 kernel_choice=plans[i].choice.name[0],
                 kernel_score=plans[i].choice.score(0),
+                fallback="" if verdict is None else verdict.reason[i],
+                guard=None if verdict is None else verdict.stats[i],
+                rejected=rejected[i],
             )
             for i, f in enumerate(frames)
         ]

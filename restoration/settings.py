@@ -9,9 +9,12 @@ pipeline's YAML is validated into these models at the edge by flows/config.py, w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from restoration.guard import GuardSettings
 
 Method = Literal["proximal", "paper"]
 #: names of restoration.kernel_choice.KERNEL_STRATEGIES (a test keeps the two in step)
@@ -28,8 +31,9 @@ def model_noise_sigma(noise_sigma: float) -> float:
 
 #: Bumped by every change of the code that changes restored pixels (or kernels) for the same
 #: inputs, settings and priors; part of the idempotency key, so such a change makes every frame
-#: pending. History: 1 — the consolidated restoration core (issue 19).
-ALGORITHM_VERSION: int = 1
+#: pending. History: 1 — the consolidated restoration core (issue 19); 2 — the no-reference guard
+#: ships the input where it rejects a restoration (issue 20).
+ALGORITHM_VERSION: int = 2
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,13 @@ class RestorationSettings(Frozen):
         "select", description="which kernel restores a frame (kernel_choice.KERNEL_STRATEGIES)")
     kernel_t_start: float = Field(
         _BLIND.kernel_t_start, ge=0, le=1, description="least-squares kernel refinement below this t")
+    guard: bool = Field(True, description="ship the input instead of a restoration the no-reference "
+                        "guard rejects (restoration/guard.py); the report row says why (fallback)")
+    guard_max_fit: float = Field(1.2, gt=0, description="guard: re-blur residual limit, in noise floors")
+    guard_max_sparsity: float = Field(1.0, gt=0, description="guard: output/input normalised gradient "
+                                      "sparsity limit (above 1 the output added dense texture)")
+    guard_max_chroma: float = Field(2.0, gt=0, description="guard: chroma over luma gradient gain limit "
+                                    "(colour fringes)")
     batch_size: int = Field(4, ge=1, description="frames restored together in one vectorised batch")
     bf16: bool = Field(True, description="run the score networks under bfloat16 autocast (inference only)")
 
@@ -231,6 +242,14 @@ class RestorationSettings(Frozen):
             proximal=proximal, method=self.method, image_guidance=self.image_guidance,
             kernel_guidance=self.kernel_guidance, kernel_t_start=self.kernel_t_start,
         )  # fmt: skip
+
+    def guard_settings(self) -> GuardSettings | None:
+        """The guard's limits, or None when the guard is off."""
+        from restoration.guard import GuardSettings  # torch: only where frames are restored
+
+        if not self.guard:
+            return None
+        return GuardSettings(self.guard_max_fit, self.guard_max_sparsity, self.guard_max_chroma)
 
     def pixel_settings(self) -> dict[str, Any]:
         """What changes restored pixels: these settings (all but :attr:`PIXEL_NEUTRAL`) and, under

@@ -124,6 +124,7 @@ PIXEL_CHANGES: dict[str, Any] = {
     "working_size": 96, "kernel_size": 13, "steps": 7, "noise_sigma": 0.03, "method": "paper",
     "image_guidance": 0.9, "kernel_guidance": 0.7, "prox_strength": 2.0, "renoise": 0.5,
     "kernel_strategy": "classical", "kernel_t_start": 0.2, "bf16": False, "tile_size": 128, "tile_overlap": 8,
+    "guard": False, "guard_max_fit": 1.5, "guard_max_sparsity": 1.1, "guard_max_chroma": 3.0,
 }
 NEUTRAL_CHANGES: dict[str, dict[str, Any]] = {
     "restoration": {"batch_size": 7, "tile_batch": 3},
@@ -132,7 +133,7 @@ NEUTRAL_CHANGES: dict[str, dict[str, Any]] = {
     "schedule": {"cron": "30 3 * * 1", "timezone": "America/New_York", "upload_debounce_seconds": 120},
     "reports": {"keep_runs": 3, "index_page_size": 10, "max_frames": 20, "progress_every": 5,
                 "dashboard_url": "http://127.0.0.1:8765/"},
-    "alerts": {"max_quarantine_rate": 0.1, "webhook_env": "MY_HOOK"},
+    "alerts": {"max_quarantine_rate": 0.1, "max_fallback_rate": 0.2, "webhook_env": "MY_HOOK"},
 }
 SECTIONS = {"restoration": RestorationSettings, "cluster": ClusterSettings, "schedule": ScheduleSettings,
             "reports": ReportSettings, "alerts": AlertSettings}

@@ -116,3 +116,31 @@ def test_a_320px_frame_comes_back_with_native_detail(restorer: FrameRestorer) ->
     through_128 = np.asarray(small.resize((size, size), Image.Resampling.BICUBIC))
     assert db(out.restored) > db(through_128) + 1.0, (db(out.restored), db(through_128), db(y8))
     assert db(out.restored) > db(y8) + 1.0
+
+
+def test_the_guard_ships_the_input_when_a_wrong_kernel_destroys_the_frame() -> None:
+    """A planted, badly wrong kernel (a wide disc on a sharp frame): the guard rejects the
+    restoration, the input is shipped byte for byte, and the output says why; with the guard off
+    the same restoration ships."""
+    from restoration.kernel_choice import KernelChoice, KernelPlan
+    from restoration.kernels import defocus_kernel
+
+    on = load_config("smoke").restoration
+    priors = (load_shipped("image"), load_shipped("kernel"))
+    rng = np.random.default_rng(7)
+    img = np.kron(rng.integers(0, 256, (12, 12, 3)), np.ones((6, 6, 1))).astype(np.uint8)  # sharp blocks
+    f = FrameInput(key="f", image=img, mask=None, seed_key="f/test")
+    k = on.kernel_size
+    wrong = defocus_kernel(k, (k - 1) / 2).double()[None, None]
+
+    def plant(r: FrameRestorer) -> FrameRestorer:
+        r.estimate_kernel = lambda y, m, s: [KernelPlan(KernelChoice(wrong, ["planted"], [{"planted": 0.0}]),
+                                                        known_kernel=wrong)]
+        return r
+
+    guarded = plant(FrameRestorer(on, priors=priors))([f])[0]
+    assert guarded.fallback in ("fit", "sparsity", "chroma") and guarded.guard is not None
+    assert np.array_equal(guarded.restored, img) and guarded.rejected is not None
+    unguarded = plant(FrameRestorer(on.model_copy(update={"guard": False}), priors=priors))([f])[0]
+    assert unguarded.fallback == "" and unguarded.guard is None
+    assert np.array_equal(unguarded.restored, guarded.rejected)

@@ -123,12 +123,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if codes.get("frames"):
         print(f"codes:       readable before {codes['before']}, after {codes['after']}"
               + (f" (lost on {codes['frames_lost']} frames)" if codes.get("frames_lost") else ""))
+    if fallback := (summary.get("counts") or {}).get("fallback"):
+        reasons = ", ".join(f"{k} {v}" for k, v in (summary.get("fallback_reasons") or {}).items())
+        print(f"guard:       {fallback} restored frames shipped unrestored (fallback: {reasons})")
     print(f"report:      {summary['report_uri']}", flush=True)
     if summary.get("status") == "failed_quality":
-        rate = summary["quarantine_rate"]
-        print(f"checkout-restore: error: quality gate: {rate:.0%} of the processed frames were quarantined "
-              f"(threshold {summary['max_quarantine_rate']:.0%}, alerts.max_quarantine_rate)",
-              file=sys.stderr)
+        from flows.reports.values import quality_gate_text
+
+        print(f"checkout-restore: error: quality gate: {quality_gate_text(summary)}", file=sys.stderr)
         return 1
     return 0
 

@@ -47,11 +47,18 @@ import pandas as pd
 import torch
 
 from flows.config import load_config
-from flows.evaluation.bench_native import ALIASES
 from flows.evaluation.frames import BenchError, BenchFrame, load_frames
 from flows.evaluation.methods import METHOD_NAMES, METHODS, BenchContext
-from flows.evaluation.scoring import COLUMNS, code_columns, fixed_kernel_rows, nan, quantise, score
-from flows.evaluation.suites import SUITES, BenchSpec, generate_set
+from flows.evaluation.scoring import (
+    COLUMNS,
+    code_columns,
+    fixed_kernel_rows,
+    guard_columns,
+    nan,
+    quantise,
+    score,
+)
+from flows.evaluation.suites import ALIASES, SUITES, BenchSpec, generate_set
 from flows.evaluation.tables import markdown, results_header, summary_table, write_results
 from flows.fonts import DEFAULT_FONT_GLOB, find_fonts
 from storage.base import ObjectStore
@@ -89,6 +96,8 @@ def run_method(
             kernel_score=choice_score,
         )
         row.update(code_columns(frame, x))
+        row.update(guard_columns(frame, row, out.fallbacks[0] if out.fallbacks else "",
+                                 out.rejected[0] if out.rejected else None, ctx.settings.kernel_size))
         rows.append(row)
     return rows
 
@@ -109,9 +118,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=BenchSpec.size, help="side of the square frames")
     p.add_argument("--suites", default=",".join(SUITES),
                    help="comma-separated suites (motion, gaussian, motion+occlusion, native = native-motion,"
-                   "native-gaussian: flows/evaluation/bench_native.py), or table1 / table1:TASK,... "
+                   "native-gaussian: flows/evaluation/bench_native.py), real = real-motion,real-gaussian,"
+                   "real-near-sharp, real-all, real-native (need --photos: "
+                   "flows/evaluation/bench_photos.py), or table1 / table1:TASK,... "
                    "(flows/evaluation/table1.py)")
     p.add_argument("--fonts", default=DEFAULT_FONT_GLOB, help="glob of TrueType fonts")
+    p.add_argument("--photos", help="folder of real photographs for the real-* suites "
+                   "(validation photographs only, never training ones)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--generate-only", action="store_true", help="write the set and stop")
@@ -124,7 +137,7 @@ def _spec_from_args(args: argparse.Namespace) -> BenchSpec:
     names = (s.strip() for s in args.suites.split(",") if s.strip())
     suites = tuple(dict.fromkeys(x for n in names for x in ALIASES.get(n, (n,))))
     return BenchSpec(suites=suites, frames_per_suite=args.frames_per_suite, size=args.size,
-                     fonts=fonts)
+                     fonts=fonts, photos=args.photos or "")
 
 
 def bench_main(args: argparse.Namespace) -> int:

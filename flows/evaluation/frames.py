@@ -40,7 +40,7 @@ def _suite_of(frame_id: str) -> str:
     return frame_id.rsplit("/", 1)[0] if "/" in frame_id else "all"
 
 
-def _to_unit(a: np.ndarray) -> torch.Tensor:
+def to_unit(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255.0
 
 
@@ -64,11 +64,11 @@ def load_frames(
                 id=ref.id,
                 suite=_suite_of(ref.id),
                 image=data.image,
-                y=_to_unit(data.image),
+                y=to_unit(data.image),
                 mask=None
                 if data.mask is None
                 else torch.from_numpy(data.mask.astype(np.float32))[None, None],
-                sharp=None if data.sharp is None else _to_unit(data.sharp),
+                sharp=None if data.sharp is None else to_unit(data.sharp),
                 kernel=None
                 if data.kernel is None
                 else torch.from_numpy(np.asarray(data.kernel, np.float32))[None, None],

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flows.evaluation.frames import BenchError, BenchFrame
+from flows.evaluation.frames import BenchError, BenchFrame, to_unit
 from restoration.classical import classical_blind, wiener_deconv
 from restoration.rng import generator_for
 from restoration.settings import RestorationSettings, model_noise_sigma
@@ -33,6 +33,10 @@ class MethodOutput:
     nfe: int
     #: per frame: the kernel candidate the method chose and its no-reference score (or empty)
     choices: list[tuple[str, float]] = field(default_factory=list)
+    #: per frame: why the guard shipped the input instead of the restoration ("" = it did not)
+    fallbacks: list[str] = field(default_factory=list)
+    #: per frame: the restoration the guard rejected, (3, H, W) on [0, 1], or None
+    rejected: list[torch.Tensor | None] = field(default_factory=list)
 
 
 @dataclass
@@ -46,8 +50,7 @@ class BenchContext:
     def sigma(self, frames: list[BenchFrame]) -> torch.Tensor:
         """Noise std per frame on the [-1, 1] scale (B,): the setting (given on [0, 1]), or each
         frame's own estimate when it is 'auto' -- the same rule as the pipeline's restorer."""
-        from restoration.noise import estimate_noise_sigma
-        from restoration.service import QUANTISATION_SIGMA
+        from restoration.noise import QUANTISATION_SIGMA, estimate_noise_sigma
 
         if self.settings.noise_sigma == "auto":
             return estimate_noise_sigma(_cat(frames, "y") * 2 - 1, _masks(frames), QUANTISATION_SIGMA)
@@ -160,7 +163,9 @@ def method_blind_cvsa(frames: list[BenchFrame], ctx: BenchContext) -> MethodOutp
         else None
     )
     return MethodOutput(x=x, kernel=kernel, nfe=int(outs[0].nfe) if outs else 0,
-                        choices=[(o.kernel_choice, o.kernel_score) for o in outs])
+                        choices=[(o.kernel_choice, o.kernel_score) for o in outs],
+                        fallbacks=[o.fallback for o in outs],
+                        rejected=[None if o.rejected is None else to_unit(o.rejected)[0] for o in outs])
 
 
 #: name -> function(frames, context) -> MethodOutput. The whole registry: no discovery.

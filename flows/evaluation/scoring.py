@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from flows.evaluation.frames import BenchFrame, read_codes
+from flows.evaluation.frames import BenchFrame
 from restoration import kernels as kern
+from restoration.codes import decode_codes
 from restoration.metrics import (
     kernel_mse,
     kernel_ncc,
@@ -28,6 +29,7 @@ COLUMNS: tuple[str, ...] = (
     "kernel_ncc", "seconds", "nfe", "sharpness_gain", "kernel_size_true", "kernel_size_est",
     "note", "codes_true", "codes_decoded", "codes_sharp", "codes_read",
     "psnr_input", "harmed", "shift_px", "kernel_choice", "kernel_score",
+    "fallback", "codes_wrong", "psnr_unguarded",
 )  # fmt: skip
 
 
@@ -75,13 +77,30 @@ def score(
 
 
 def code_columns(frame: BenchFrame, x: torch.Tensor) -> dict[str, Any]:
-    """codes_true / codes_decoded / codes_sharp counts and the texts read ("" / NaN without codes)."""
+    """codes_true / codes_decoded / codes_sharp / codes_wrong counts and the texts read ("" / NaN
+    without codes). A text the reader returns that is no true code of the frame is a misread:
+    worse than no read, so it is counted (codes_wrong), never silently dropped."""
     if frame.codes is None:
-        return {"codes_true": nan(), "codes_decoded": nan(), "codes_sharp": nan(), "codes_read": ""}
+        return {"codes_true": nan(), "codes_decoded": nan(), "codes_sharp": nan(), "codes_read": "",
+                "codes_wrong": nan()}
     img = (x[0] if x.dim() == 4 else x).mul(255).round().byte().permute(1, 2, 0).numpy()
-    read = read_codes(img, frame.codes)
+    found = decode_codes(img)
+    read = tuple(c for c in frame.codes if c in set(found))
+    wrong = [t for t in found if t not in frame.codes]
     return {"codes_true": float(len(frame.codes)), "codes_decoded": float(len(read)),
-            "codes_sharp": float(len(frame.codes_sharp)), "codes_read": ";".join(read)}
+            "codes_sharp": float(len(frame.codes_sharp)), "codes_read": ";".join(read),
+            "codes_wrong": float(len(wrong))}
+
+
+def guard_columns(frame: BenchFrame, row: dict[str, Any], fallback: str, rejected: torch.Tensor | None,
+                  kernel_canvas: int) -> dict[str, Any]:
+    """fallback (the guard's reason, "" if it kept the restoration) and psnr_unguarded: the PSNR
+    the frame would have had without the guard (on observed pixels, like psnr_input)."""
+    unguarded = row["psnr"] if frame.mask is None else row["psnr_out_mask"]
+    if rejected is not None and frame.sharp is not None:
+        raw = score(frame, quantise(rejected[None]), None, kernel_canvas)
+        unguarded = raw["psnr"] if frame.mask is None else raw["psnr_out_mask"]
+    return {"fallback": fallback, "psnr_unguarded": unguarded}
 
 
 def _candidate_kernels(size: int) -> list[tuple[str, torch.Tensor]]:
@@ -125,6 +144,9 @@ def fixed_kernel_rows(frames: list[BenchFrame], kernel_canvas: int) -> list[dict
                 harmed=nan(),
                 shift_px=nan(),
                 kernel_choice="",
+                fallback="",
+                codes_wrong=nan(),
+                psnr_unguarded=nan(),
                 kernel_score=nan(),
             )
             rows.append(row)

@@ -15,7 +15,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from flows.evaluation.bench_native import ALIASES, native_files
+from flows.evaluation.bench_native import ALIASES as NATIVE_ALIASES
+from flows.evaluation.bench_native import native_files
+from flows.evaluation.bench_photos import (
+    PHOTO_ALIASES,
+    PHOTO_SUITES,
+    PhotoFrameSpec,
+    PhotoSuiteError,
+    photo_files,
+)
 from flows.evaluation.frames import BenchError
 from restoration import kernels as kern
 from restoration.rng import generator_for
@@ -60,6 +68,8 @@ SUITE_KERNELS: dict[str, SuiteKernelFn] = {
 #: suites whose frames get a hand-like occluder (mask sidecar).
 OCCLUDED_SUITES: frozenset[str] = frozenset({"motion+occlusion"})
 SUITES: tuple[str, ...] = tuple(SUITE_KERNELS)
+#: suite aliases on the command line (native = its two suites, real = three photo suites, ...)
+ALIASES: dict[str, tuple[str, ...]] = NATIVE_ALIASES | PHOTO_ALIASES
 MANIFEST = "bench.json"
 BENCH_SEED_START = HELDOUT_SEED_START + 100_000
 _SKIN = ((236, 188, 160), (224, 172, 135), (198, 134, 96), (160, 105, 72), (120, 80, 56),
@@ -78,6 +88,7 @@ class BenchSpec:
     seed_start: int = BENCH_SEED_START
     occlusion: tuple[float, float] = (0.10, 0.25)
     fonts: tuple[str, ...] = ()
+    photos: str = ""  # folder of real photographs for the real-* suites (--photos)
 
     def validate(self) -> None:
         bad = [s for s in self.suites if s not in SUITE_FRAMES]
@@ -91,6 +102,7 @@ class BenchSpec:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["fonts"] = [Path(f).name for f in self.fonts]  # names only: paths differ per machine
+        d["photos"] = Path(self.photos).name if self.photos else ""
         return d
 
 
@@ -223,6 +235,18 @@ def _native_files(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, by
     return native_files(spec.seed_start, spec.fonts, suite, index)
 
 
+def _photo_files(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, bytes], dict[str, Any]]:
+    if not spec.photos:
+        raise BenchError(f"suite {suite} needs --photos DIR (a folder of real photographs)")
+    kernels = {"motion": _kinds("motion"), "gaussian": _kinds("gaussian"), "near-sharp": near_sharp_kernel}
+    fs = PhotoFrameSpec(spec.photos, spec.size, spec.kernel_sizes, kernels,
+                        lambda h, w, g: hand_occluder(h, w, g, spec.occlusion))
+    try:
+        return photo_files(fs, suite, index)
+    except PhotoSuiteError as exc:
+        raise BenchError(str(exc)) from exc
+
+
 #: suite name -> frame generator (spec, suite, index) -> (files, manifest record). The whole list.
 SUITE_FRAMES: dict[str, Callable[[BenchSpec, str, int], tuple[dict[str, bytes], dict[str, Any]]]] = {
     "motion": _classic_files,
@@ -231,7 +255,7 @@ SUITE_FRAMES: dict[str, Callable[[BenchSpec, str, int], tuple[dict[str, bytes], 
     "near-sharp": _classic_files,
     "native-motion": _native_files,
     "native-gaussian": _native_files,
-}
+} | dict.fromkeys(PHOTO_SUITES, _photo_files)
 
 
 def generate_set(

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from flows.evaluation.methods import METHOD_NAMES
+from flows.evaluation.scoring import HARM_MARGIN_DB
 from storage.base import ObjectStore
 
 
@@ -28,7 +29,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     table = g[cols].mean()
     table.insert(0, "frames", g.size())
     table["frames_harmed"] = g["harmed"].sum(min_count=1)
-    table = table.reset_index()
+    table = table.join(guard_table(df)).reset_index()
     # blind-vs-oracle gap: the oracle-cvsa PSNR of the suite minus the method's
     oracle = table[table["method"] == "oracle-cvsa"].set_index("suite")["psnr"]
     table["oracle_gap"] = [
@@ -43,10 +44,25 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.merge(code_table(df), on=["suite", "method"], how="left")
 
 
+def guard_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (suite, method): worst_db (the worst frame's output PSNR minus its input's), fallbacks
+    (frames the guard shipped unrestored), and harmed_unguarded / worst_db_unguarded: the same
+    had every restoration shipped (psnr_unguarded)."""
+    keys = [df["suite"], df["method"]]
+    before, raw = df["psnr_input"], df["psnr_unguarded"]
+    harmed_raw = (raw < before - HARM_MARGIN_DB).astype(float).where(raw.notna() & before.notna())
+    return pd.DataFrame({
+        "worst_db": (df["psnr"] - before).groupby(keys, sort=False).min(),
+        "fallbacks": (df["fallback"].fillna("") != "").groupby(keys, sort=False).sum(),
+        "harmed_unguarded": harmed_raw.groupby(keys, sort=False).sum(min_count=1),
+        "worst_db_unguarded": (raw - before).groupby(keys, sort=False).min(),
+    })
+
+
 def code_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (suite, method) over frames with true codes: codes_true, codes_decoded, codes_sharp (sums)
     and codes_lost, the frames where a code the blurred input reads is not read in the output."""
-    cols = ["suite", "method", "codes_true", "codes_decoded", "codes_sharp", "codes_lost"]
+    cols = ["suite", "method", "codes_true", "codes_decoded", "codes_sharp", "codes_lost", "codes_wrong"]
     if "codes_true" not in df.columns:
         return pd.DataFrame(columns=cols)
     coded = df[df["codes_true"].notna()]
@@ -80,19 +96,22 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         header,
         "",
         "| suite | method | frames | PSNR | SSIM | PSNR in mask | PSNR out mask "
-        "| kernel-MSE ×1e4 | kernel NCC | frames harmed | gap to oracle-cvsa dB | |shift| px "
-        "| s/frame | NFE | codes read | sharp reads | codes lost | note |",
-        "|---|---|" + "---:|" * 15 + "---|",
+        "| kernel-MSE ×1e4 | kernel NCC | frames harmed | worst dB | fallbacks | harmed / worst dB unguarded "
+        "| gap to oracle-cvsa dB | |shift| px | s/frame | NFE | codes read | sharp reads | codes lost "
+        "| codes wrong | note |",
+        "|---|---|" + "---:|" * 19 + "---|",
     ]
     for r in table.itertuples(index=False):
         harmed = "–" if math.isnan(r.frames_harmed) else str(int(r.frames_harmed))
         cells = [
             r.suite, r.method, str(r.frames), _fmt(r.psnr, 2), _fmt(r.ssim, 3),
             _fmt(r.psnr_in_mask, 2), _fmt(r.psnr_out_mask, 2), _fmt(r.kernel_mse * 1e4, 3),
-            _fmt(r.kernel_ncc, 3), harmed, _fmt(r.oracle_gap, 2), _fmt(r.shift_px, 2),
-            _fmt(r.seconds, 2), _fmt(float(r.nfe), 0),
+            _fmt(r.kernel_ncc, 3), harmed, _fmt(r.worst_db, 2), str(int(r.fallbacks)),
+            "–" if math.isnan(r.harmed_unguarded)
+            else f"{int(r.harmed_unguarded)} / {r.worst_db_unguarded:.2f}",
+            _fmt(r.oracle_gap, 2), _fmt(r.shift_px, 2), _fmt(r.seconds, 2), _fmt(float(r.nfe), 0),
             _rate(r.codes_decoded, r.codes_true), _rate(r.codes_sharp, r.codes_true),
-            _fmt(r.codes_lost, 0), r.note,
+            _fmt(r.codes_lost, 0), _fmt(r.codes_wrong, 0), r.note,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

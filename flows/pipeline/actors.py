@@ -42,6 +42,7 @@ REPORT_COLUMNS = (
     "key", "id", "status", "reason", "detail", "psnr", "ssim", "kernel_mse", "kernel_ncc", "residual",
     "sharpness_gain", "kernel_extent", "nfe", "seconds", "width", "height", "restored_key", "kernel_key",
     "kernel_png_key", "psnr_in", "ssim_in", "noise_sigma", "codes_in", "codes_out", "codes_agree",
+    "kernel_choice", "fallback",
 )
 NAN = float("nan")
 
@@ -73,7 +74,8 @@ def report_row(ref: FrameRef, status: str, *, reason: str = "", detail: str = ""
     """One ``frames.parquet`` row with every column present (NaN / "" where not applicable)."""
     row: dict[str, Any] = {c: NAN for c in REPORT_COLUMNS}
     row.update(key=ref.key, id=ref.id, status=status, reason=reason, detail=detail,
-               restored_key="", kernel_key="", kernel_png_key="", width=NAN, height=NAN, nfe=NAN)
+               restored_key="", kernel_key="", kernel_png_key="", width=NAN, height=NAN, nfe=NAN,
+               kernel_choice="", fallback="")
     row.update(values)
     return row
 
@@ -240,7 +242,9 @@ class RestoreWorker:
             noise_sigma=float(getattr(out, "noise_sigma", NAN)), **code_counts(item.image, out.restored),
             sharpness_gain=float(out.sharpness_gain), kernel_extent=float(out.kernel_extent),
             nfe=int(out.nfe), seconds=float(out.seconds), width=w, height=h,
-            restored_key=rkey, kernel_key=kkey, kernel_png_key=kpng, **truth,
+            restored_key=rkey, kernel_key=kkey, kernel_png_key=kpng,
+            kernel_choice=str(getattr(out, "kernel_choice", "")), fallback=str(getattr(out, "fallback", "")),
+            **truth,
         )
 
 

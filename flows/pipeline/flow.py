@@ -41,6 +41,7 @@ from flows.pipeline.notify import notify
 from flows.pipeline.ray_local import ensure_ray, reap_stale_local_instances
 from flows.pipeline.run_report import publish_artifacts, record_failure, summarize, write_report
 from flows.pipeline.tasks import ARTIFACT_PREFIX, discover_frames, plan_run, restore_batches
+from flows.reports.values import quality_gate_failed, quality_gate_text
 from storage.base import ObjectStore, stores_overlap
 from storage.errors import OverlappingStoresError
 from storage.lease import RunLease
@@ -62,12 +63,11 @@ def expected_model_version(config: PipelineConfig, restorer_factory: RestorerFac
 
 class QualityGateError(RuntimeError):
     """The run processed every frame and wrote its report, but quarantined more than
-    ``alerts.max_quarantine_rate`` of them: status ``failed_quality``."""
+    ``alerts.max_quarantine_rate`` of them, or the guard shipped more than ``alerts.max_fallback_rate``
+    of the restored frames unrestored: status ``failed_quality``."""
 
     def __init__(self, summary: dict[str, Any]) -> None:
-        super().__init__(f"quarantine rate {summary['quarantine_rate']:.2f} is over the threshold "
-                         f"{summary['max_quarantine_rate']} ({summary['counts']['quarantined']} frames "
-                         f"quarantined); report {summary['report_uri']}")
+        super().__init__(f"quality gate: {quality_gate_text(summary)}; report {summary['report_uri']}")
         self.summary = summary
         self.report_uri = summary["report_uri"]
 
@@ -230,12 +230,9 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
         rows, **facts, finished_at=datetime.now(UTC).isoformat(), deferred=plan.deferred, actors=actors,
         resubmitted_batches=resubmitted, frames_per_s=restored / restore_s if restore_s > 0 else None,
         report_key=report_key, report_uri=f"{dest_store.uri.rstrip('/')}/{report_key}",
-        max_quarantine_rate=cfg.alerts.max_quarantine_rate,
+        max_quarantine_rate=cfg.alerts.max_quarantine_rate, max_fallback_rate=cfg.alerts.max_fallback_rate,
     )
-    gate = cfg.alerts.max_quarantine_rate
-    rate = summary["quarantine_rate"]
-    over = gate is not None and rate is not None and rate > gate
-    summary["status"] = "failed_quality" if over else "succeeded"
+    summary["status"] = "failed_quality" if quality_gate_failed(summary) else "succeeded"
     written = write_report(source_store.uri, dest_store.uri, run_id, summary, quote(rows), cfg.reports)
     if written != report_key:
         summary.update(report_key=written, report_uri=f"{dest_store.uri.rstrip('/')}/{written}")

@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from flows.reports.values import quality_gate_text
+
 log = logging.getLogger("checkout_restore.notify")
 
 TIMEOUT_S = 10.0
@@ -29,12 +31,7 @@ def alert_text(summary: Mapping[str, Any]) -> str:
     if status == "failed":
         err = summary.get("error") or {}
         return f"{head}: {err.get('type')}: {err.get('message')}"
-    counts = summary.get("counts") or {}
-    rate = summary.get("quarantine_rate")
-    processed = counts.get("restored", 0) + counts.get("quarantined", 0)
-    return (f"{head}: {counts.get('quarantined')} of {processed} "
-            f"processed frames quarantined (rate {rate:.2f} over the threshold "
-            f"{summary.get('max_quarantine_rate')}); report {summary.get('report_uri')}")
+    return f"{head}: {quality_gate_text(summary)}; report {summary.get('report_uri')}"
 
 
 def notify(summary: Mapping[str, Any], env_var: str, logger: logging.Logger | logging.LoggerAdapter = log

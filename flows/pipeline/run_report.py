@@ -51,8 +51,15 @@ def summarize(rows: Sequence[dict], **fields: Any) -> dict[str, Any]:
         elif r["status"] == "skipped":
             skips[r["reason"]] = skips.get(r["reason"], 0) + 1
     processed = counts["restored"] + counts["quarantined"]
+    fallbacks: dict[str, int] = {}
+    for r in restored:
+        if r.get("fallback"):
+            fallbacks[r["fallback"]] = fallbacks.get(r["fallback"], 0) + 1
+    counts["fallback"] = sum(fallbacks.values())
     return {**fields, "counts": counts, "means": means, "quarantine_reasons": reasons, "skip_reasons": skips,
             "quarantine_rate": counts["quarantined"] / processed if processed else None,
+            "fallback_reasons": fallbacks,
+            "fallback_rate": counts["fallback"] / len(restored) if restored else None,
             "codes": codes_readable(rows)}
 
 

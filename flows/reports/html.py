@@ -33,12 +33,14 @@ from flows.reports.render import render
 from flows.reports.values import (
     KERNEL_MSE_DEFINITION,
     NO_REFERENCE_NOTE,
+    _over,
     as_number,
     as_text,
     codes_text,
     duration,
     formatted,
     number_cell,
+    quality_gate_text,
 )
 from storage.base import ObjectStore
 from storage.errors import FrameError, StorageError
@@ -247,6 +249,7 @@ def _frame_rows(files: dict[str, bytes], rows: Sequence[Mapping[str, object]], i
         out.append({
             "rank": rank, "key": key, "page": page,
             "size": f"{int(w)}×{int(h)}" if w is not None and h is not None else "",
+            "kernel_choice": as_text(row.get("kernel_choice")), "fallback": as_text(row.get("fallback")),
             "images": [
                 _img_cell(files, images, "input", key, f"input {key}", page),
                 _img_cell(files, images, "restored", as_text(row.get("restored_key")), f"restored {key}",
@@ -283,7 +286,9 @@ def _status(summary: Mapping[str, object]) -> dict[str, object]:
     return {"status": as_text(summary.get("status")), "error_type": as_text(err.get("type")),
             "error_message": as_text(err.get("message")),
             "quarantine_rate": formatted(as_number(summary.get("quarantine_rate")), "{:.0%}"),
-            "max_quarantine_rate": formatted(as_number(summary.get("max_quarantine_rate")), "{:.0%}")}
+            "max_quarantine_rate": formatted(as_number(summary.get("max_quarantine_rate")), "{:.0%}"),
+            "quarantine_over": _over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate")),
+            "gate_text": quality_gate_text(summary)}
 
 
 # ----------------------------------------------------------------------------- public API

@@ -95,3 +95,31 @@ def codes_text(summary: Mapping[str, object]) -> str:
 def number_cell(value: float | None, fmt: str) -> dict[str, str]:
     """A sortable number cell: ``data-v`` exact (empty sorts last), text formatted."""
     return {"v": "" if value is None else repr(value), "text": formatted(value, fmt)}
+
+
+def _over(rate: object, gate: object) -> bool:
+    r, g = as_number(rate), as_number(gate)
+    return r is not None and g is not None and r > g
+
+
+def quality_gate_failed(summary: Mapping[str, object]) -> bool:
+    """The run's quality gates: quarantined / processed over ``alerts.max_quarantine_rate``, or
+    guard fallbacks / restored over ``alerts.max_fallback_rate`` (a restorer that keeps rejecting
+    its own output is as much an incident as frames that fail)."""
+    return (_over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate"))
+            or _over(summary.get("fallback_rate"), summary.get("max_fallback_rate")))
+
+
+def quality_gate_text(summary: Mapping[str, object]) -> str:
+    """Which quality gate a ``failed_quality`` run failed, in one clause (quarantine or fallback)."""
+    counts = summary.get("counts") if isinstance(summary.get("counts"), Mapping) else {}
+    assert isinstance(counts, Mapping)
+    if _over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate")):
+        processed = int(counts.get("restored", 0)) + int(counts.get("quarantined", 0))
+        return (f"{counts.get('quarantined')} of {processed} processed frames quarantined "
+                f"({formatted(as_number(summary.get('quarantine_rate')), '{:.0%}')}, threshold "
+                f"{formatted(as_number(summary.get('max_quarantine_rate')), '{:.0%}')}, "
+                "alerts.max_quarantine_rate)")
+    return (f"the guard shipped {counts.get('fallback', 0)} of {counts.get('restored', 0)} restored frames "
+            f"unrestored ({formatted(as_number(summary.get('fallback_rate')), '{:.0%}')}, threshold "
+            f"{formatted(as_number(summary.get('max_fallback_rate')), '{:.0%}')}, alerts.max_fallback_rate)")
