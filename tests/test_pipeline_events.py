@@ -228,7 +228,8 @@ def test_summarize_counts_and_means() -> None:
     rows = [report_row(ref, "restored", residual=1.0, psnr=30.0), report_row(ref, "restored", residual=3.0),
             report_row(ref, "skipped"), report_row(ref, "quarantined", reason="corrupt_image")]
     s = summarize(rows, run_id="r")
-    assert s["counts"] == {"restored": 2, "skipped": 1, "quarantined": 1, "total": 4, "fallback": 0}
+    assert s["counts"] == {"restored": 2, "skipped": 1, "quarantined": 1, "total": 4}
+    assert s["fallbacks"] == 0 and s["fallback_rate"] == 0
     assert s["means"]["residual"] == 2.0 and s["means"]["psnr"] == 30.0 and s["means"]["kernel_mse"] is None
     assert s["quarantine_reasons"] == {"corrupt_image": 1} and s["run_id"] == "r"
 
@@ -241,7 +242,7 @@ def test_guard_fallbacks_are_counted_and_gated() -> None:
             report_row(ref, "restored", fallback="", kernel_choice="parametric"),
             report_row(ref, "restored", fallback="sparsity")]
     s = summarize(rows, max_quarantine_rate=0.5, max_fallback_rate=0.5)
-    assert s["counts"]["fallback"] == 2 and s["fallback_reasons"] == {"fit": 1, "sparsity": 1}
+    assert s["fallbacks"] == 2 and s["fallback_reasons"] == {"fit": 1, "sparsity": 1}
     assert s["fallback_rate"] == pytest.approx(2 / 3)
     assert quality_gate_failed(s) and "alerts.max_fallback_rate" in quality_gate_text(s)
     assert not quality_gate_failed({**s, "max_fallback_rate": None})

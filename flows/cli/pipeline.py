@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if codes.get("frames"):
         print(f"codes:       readable before {codes['before']}, after {codes['after']}"
               + (f" (lost on {codes['frames_lost']} frames)" if codes.get("frames_lost") else ""))
-    if fallback := (summary.get("counts") or {}).get("fallback"):
+    if fallback := summary.get("fallbacks"):
         reasons = ", ".join(f"{k} {v}" for k, v in (summary.get("fallback_reasons") or {}).items())
         print(f"guard:       {fallback} restored frames shipped unrestored (fallback: {reasons})")
     print(f"report:      {summary['report_uri']}", flush=True)

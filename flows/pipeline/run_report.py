@@ -55,11 +55,10 @@ def summarize(rows: Sequence[dict], **fields: Any) -> dict[str, Any]:
     for r in restored:
         if r.get("fallback"):
             fallbacks[r["fallback"]] = fallbacks.get(r["fallback"], 0) + 1
-    counts["fallback"] = sum(fallbacks.values())
     return {**fields, "counts": counts, "means": means, "quarantine_reasons": reasons, "skip_reasons": skips,
             "quarantine_rate": counts["quarantined"] / processed if processed else None,
-            "fallback_reasons": fallbacks,
-            "fallback_rate": counts["fallback"] / len(restored) if restored else None,
+            "fallbacks": sum(fallbacks.values()), "fallback_reasons": fallbacks,
+            "fallback_rate": sum(fallbacks.values()) / len(restored) if restored else None,
             "codes": codes_readable(rows)}
 
 

@@ -115,11 +115,10 @@ def quality_gate_text(summary: Mapping[str, object]) -> str:
     counts = summary.get("counts") if isinstance(summary.get("counts"), Mapping) else {}
     assert isinstance(counts, Mapping)
     if _over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate")):
-        processed = int(counts.get("restored", 0)) + int(counts.get("quarantined", 0))
-        return (f"{counts.get('quarantined')} of {processed} processed frames quarantined "
-                f"({formatted(as_number(summary.get('quarantine_rate')), '{:.0%}')}, threshold "
-                f"{formatted(as_number(summary.get('max_quarantine_rate')), '{:.0%}')}, "
+        rate = formatted(as_number(summary.get("quarantine_rate")), "{:.0%}")
+        gate = formatted(as_number(summary.get("max_quarantine_rate")), "{:.0%}")
+        return (f"{rate} of the processed frames were quarantined (threshold {gate}, "
                 "alerts.max_quarantine_rate)")
-    return (f"the guard shipped {counts.get('fallback', 0)} of {counts.get('restored', 0)} restored frames "
+    return (f"the guard shipped {summary.get('fallbacks', 0)} of {counts.get('restored', 0)} restored frames "
             f"unrestored ({formatted(as_number(summary.get('fallback_rate')), '{:.0%}')}, threshold "
             f"{formatted(as_number(summary.get('max_fallback_rate')), '{:.0%}')}, alerts.max_fallback_rate)")
