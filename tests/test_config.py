@@ -192,6 +192,9 @@ def test_a_new_model_version_makes_every_frame_pending() -> None:
 #: or an algorithm constant, pinned by value: changing one changes pixels, so it needs an
 #: ALGORITHM_VERSION bump along with the new value here (test_algorithm_constants_are_pinned...).
 ALGORITHM_CONSTANTS: dict[str, float] = {
+    "noise.noise_floor.block": 8,  # the guard's noise floor: 16 px squares of 2x2 Haar blocks
+    "noise.noise_floor.quantile": 0.1,  # ... their 10th percentile (flattest squares)
+    "noise.noise_floor.floor": 0.0,  # the guard passes the 8-bit quantisation floor explicitly
     "classical.wiener_deconv.mm_iters": 10,  # oracle Wiener's refills (reference method)
     "classical._gst.iters": 3,  # generalised shrinkage fixed-point iterations
     "classical.sparse_deconv.p": 0.8,  # hyper-Laplacian exponent of the non-blind reference
@@ -259,7 +262,7 @@ def test_algorithm_constants_are_pinned_with_the_algorithm_version() -> None:
 
     found = _code_defaults()
     assert {k: found[k] for k in ALGORITHM_CONSTANTS} == ALGORITHM_CONSTANTS
-    assert ALGORITHM_VERSION == 1
+    assert ALGORITHM_VERSION == 2
 
 
 def test_the_key_holds_the_algorithm_version_and_the_codes_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
