@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from restoration.kernel_ops import LUMA
+from restoration.kernel_ops import erode, luma
 from restoration.noise import QUANTISATION_SIGMA, noise_floor
 
 __all__ = ["GUARD_REASONS", "GuardSettings", "GuardVerdict", "guard_stats", "judge"]
@@ -61,8 +61,7 @@ class GuardVerdict:
 
 def _luma_chroma(x: Tensor) -> tuple[Tensor, Tensor]:
     """Luma (B, 1, H, W) and the two opponent chroma channels (B, 2, H, W) of RGB x."""
-    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    lum = (x * w).sum(1, keepdim=True)
+    lum = luma(x)
     chroma = torch.cat([x[:, 2:3] - lum, x[:, 0:1] - lum], dim=1)
     return lum, chroma
 
@@ -77,7 +76,7 @@ def _grads(a: Tensor, m: Tensor) -> Tensor:
 def _interior(m: Tensor, r: int) -> Tensor:
     """The mask eroded by r px and with an r px border cleared (where 'same' convolution is exact
     up to the kernel's reach)."""
-    e = -F.max_pool2d(-m, 2 * r + 1, stride=1, padding=r) if r > 0 else m
+    e = erode(m, r)
     if r > 0:
         e = e.clone()
         e[..., :r, :] = 0

@@ -34,22 +34,25 @@ def estimate_noise_sigma(y: Tensor, mask: Tensor | None = None, floor: float = 0
     gets `floor` (no evidence)."""
     if y.dim() != 4 or y.shape[-1] < 2 or y.shape[-2] < 2:
         raise ValueError(f"y must be (B, C, H, W) with H, W >= 2, got {tuple(y.shape)}")
-    h, w = (y.shape[-2] // 2) * 2, (y.shape[-1] // 2) * 2
-    y = y[..., :h, :w].double()
-    a, b = y[..., 0::2, 0::2], y[..., 0::2, 1::2]
-    c, e = y[..., 1::2, 0::2], y[..., 1::2, 1::2]
-    d = (a - b - c + e) / 2.0
-    if mask is None:
-        ok = torch.ones_like(d[:, :1], dtype=torch.bool)
-    else:
-        m = mask[..., :h, :w] > 0.5
-        ok = m[..., 0::2, 0::2] & m[..., 0::2, 1::2] & m[..., 1::2, 0::2] & m[..., 1::2, 1::2]
+    d, ok = haar_diagonal(y, mask)
     out = torch.full((y.shape[0],), float(floor), dtype=torch.float64)
     for i in range(y.shape[0]):
         vals = d[i][ok[i].expand_as(d[i])]
         if vals.numel() >= 16:
             out[i] = max(float(floor), grouped_median(vals.abs()) / MAD_TO_STD)
     return out
+
+
+def haar_diagonal(y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The orthonormal Haar diagonal detail d (B, C, H/2, W/2) of y (module docstring) and where
+    all four pixels of its 2x2 block are observed, (B, 1, H/2, W/2) bool (odd edges dropped)."""
+    h, w = (y.shape[-2] // 2) * 2, (y.shape[-1] // 2) * 2
+    y = y[..., :h, :w].double()
+    d = (y[..., 0::2, 0::2] - y[..., 0::2, 1::2] - y[..., 1::2, 0::2] + y[..., 1::2, 1::2]) / 2.0
+    if mask is None:
+        return d, torch.ones_like(d[:, :1], dtype=torch.bool)
+    m = mask[..., :h, :w] > 0.5
+    return d, m[..., 0::2, 0::2] & m[..., 0::2, 1::2] & m[..., 1::2, 0::2] & m[..., 1::2, 1::2]
 
 
 def grouped_median(values: Tensor) -> float:
@@ -84,13 +87,8 @@ def noise_floor(y: Tensor, mask: Tensor | None = None, block: int = 8, quantile:
     low; texture only pushes it up. Used where an *under*-estimate is the safe side (the guard's
     residual test: an output whose re-blur misses its input by several noise floors is wrong).
     """
-    h, w = (y.shape[-2] // 2) * 2, (y.shape[-1] // 2) * 2
-    yy = y[..., :h, :w].double()
-    d = (yy[..., 0::2, 0::2] - yy[..., 0::2, 1::2] - yy[..., 1::2, 0::2] + yy[..., 1::2, 1::2]) / 2.0
-    ok = torch.ones_like(d[:, :1])
-    if mask is not None:
-        m = (mask[..., :h, :w] > 0.5).double()
-        ok = m[..., 0::2, 0::2] * m[..., 0::2, 1::2] * m[..., 1::2, 0::2] * m[..., 1::2, 1::2]
+    d, observed = haar_diagonal(y, mask)
+    ok = observed.double()
     gh, gw = d.shape[-2] // block, d.shape[-1] // block
     out = estimate_noise_sigma(y, mask, floor)
     if gh * gw < 8:

@@ -11,7 +11,7 @@ import torch
 from restoration import kernels as kern
 from restoration.classical import sparse_deconv
 from restoration.guard import GuardSettings, guard_stats, judge
-from restoration.kernel_choice import delta_kernel
+from restoration.kernel_ops import delta_kernel, resample_kernel
 from restoration.metrics import psnr
 from restoration.operators import blur
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
@@ -35,7 +35,7 @@ def _frame(i: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torc
 def _wrong(k: torch.Tensor, which: int) -> torch.Tensor:
     """Deliberately wrong kernels: twice as wide, a doubled (ghost) copy, or turned by 90°."""
     if which == 0:
-        wide = kern.resample_kernel(k, 2 * K - 1)[..., K // 2 : K // 2 + K, K // 2 : K // 2 + K]
+        wide = resample_kernel(k, 2 * K - 1)[..., K // 2 : K // 2 + K, K // 2 : K // 2 + K]
         return wide / wide.sum()
     if which == 1:
         ghost = k + k.roll(5, -1)
@@ -89,3 +89,18 @@ def test_guard_keeps_right_kernels_and_rejects_harmful_wrong_ones() -> None:
 def test_a_nan_statistic_fails_the_frame() -> None:
     v = judge([{"fit": float("nan"), "sparsity": 0.9, "chroma": 1.0, "structure": 1.0}], GuardSettings())
     assert v.ok == [False] and v.reason == ["fit"]
+
+
+def test_noise_floor_reads_the_noise_where_texture_inflates_the_frame_wide_estimate() -> None:
+    """White noise alone: the floor reads a few per cent low (the 10th percentile of 16-px squares).
+    Half the frame fine texture: the frame-wide median reads high, the floor still reads the noise."""
+    from restoration.noise import estimate_noise_sigma, noise_floor
+
+    g = torch.Generator().manual_seed(3)
+    sigma = 0.02
+    flat = sigma * torch.randn(1, 3, 128, 128, generator=g, dtype=torch.float64)
+    assert 0.85 * sigma < float(noise_floor(flat)[0]) <= sigma
+    textured = flat.clone()
+    textured[..., :, 48:] += 0.2 * torch.randn(1, 1, 128, 80, generator=g, dtype=torch.float64)  # grain
+    assert float(estimate_noise_sigma(textured)[0]) > 2 * sigma
+    assert float(noise_floor(textured)[0]) < 1.1 * sigma

@@ -50,9 +50,11 @@ def guard_table(df: pd.DataFrame) -> pd.DataFrame:
     had every restoration shipped (psnr_unguarded)."""
     keys = [df["suite"], df["method"]]
     before, raw = df["psnr_input"], df["psnr_unguarded"]
+    # under a hand, psnr_input is the observed pixels' PSNR: compare like with like
+    after = df["psnr_out_mask"].where(df["psnr_out_mask"].notna(), df["psnr"])
     harmed_raw = (raw < before - HARM_MARGIN_DB).astype(float).where(raw.notna() & before.notna())
     return pd.DataFrame({
-        "worst_db": (df["psnr"] - before).groupby(keys, sort=False).min(),
+        "worst_db": (after - before).groupby(keys, sort=False).min(),
         "fallbacks": (df["fallback"].fillna("") != "").groupby(keys, sort=False).sum(),
         "harmed_unguarded": harmed_raw.groupby(keys, sort=False).sum(min_count=1),
         "worst_db_unguarded": (raw - before).groupby(keys, sort=False).min(),
