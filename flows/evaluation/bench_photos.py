@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from flows.evaluation.frames import sidecar_files
 from restoration.rng import generator_for
 from restoration.synthetic.degrade import observe
-from storage.images import encode_png
-from storage.sidecars import save_kernel
 
 KernelFn = Callable[[int, torch.Generator], torch.Tensor]
 """(kernel size K, generator) -> one kernel (1, 1, K, K) float64."""
@@ -159,13 +158,7 @@ def photo_files(spec: PhotoFrameSpec, suite: str, index: int
         quality = int(torch.randint(ps.jpeg[0], ps.jpeg[1] + 1, (1,), generator=g))
         y8 = _jpeg(y8, quality)
     fid = f"{suite}/f{index:03d}"
-    files = {
-        f"{fid}.png": encode_png(y8),
-        f"{fid}.sharp.png": encode_png(np.ascontiguousarray(sharp)),
-        f"{fid}.kernel.npy": save_kernel(k[0, 0].numpy()),
-    }
-    if mask is not None:
-        files[f"{fid}.mask.png"] = encode_png(mask)
+    files = sidecar_files(fid, y8, sharp, k, mask)
     record = {"key": f"{fid}.png", "suite": suite, "seed": seed, "kernel_size": ksize,
               "coverage": coverage, "photo": path.name, "height": h, "width": w,
               "noise_sigma": sigma, "jpeg_quality": quality}

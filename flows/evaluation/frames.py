@@ -14,7 +14,8 @@ from flows.evaluation.bench_native import CODES_SUFFIX
 from restoration.codes import decode_codes
 from storage.base import ObjectStore
 from storage.frames import load_frame
-from storage.sidecars import discover
+from storage.images import encode_png
+from storage.sidecars import discover, save_kernel
 
 
 class BenchError(RuntimeError):
@@ -94,3 +95,17 @@ def read_codes(image: np.ndarray, truth: tuple[str, ...]) -> tuple[str, ...]:
     """The true code texts zxing-cpp reads back from an 8-bit frame (a wrong text does not count)."""
     found = set(decode_codes(image))
     return tuple(c for c in truth if c in found)
+
+
+def sidecar_files(fid: str, observed: np.ndarray, sharp: np.ndarray, kernel: torch.Tensor,
+                  mask: np.ndarray | None) -> dict[str, bytes]:
+    """A generated frame in the sidecar layout (docs/design.md §4): the observed frame, its sharp
+    truth, its kernel (1, 1, K, K) and, under a hand, its mask, as encoded bytes."""
+    files = {
+        f"{fid}.png": encode_png(observed),
+        f"{fid}.sharp.png": encode_png(np.ascontiguousarray(sharp)),
+        f"{fid}.kernel.npy": save_kernel(kernel[0, 0].numpy()),
+    }
+    if mask is not None:
+        files[f"{fid}.mask.png"] = encode_png(mask)
+    return files

@@ -24,14 +24,12 @@ from flows.evaluation.bench_photos import (
     PhotoSuiteError,
     photo_files,
 )
-from flows.evaluation.frames import BenchError
+from flows.evaluation.frames import BenchError, sidecar_files
 from restoration import kernels as kern
 from restoration.rng import generator_for
 from restoration.synthetic import HELDOUT_SEED_START, render_canvas
 from restoration.synthetic.degrade import observe
 from storage.base import ObjectStore
-from storage.images import encode_png
-from storage.sidecars import save_kernel
 
 SuiteKernelFn = Callable[[int, torch.Generator], torch.Tensor]
 """(kernel size K, generator) -> one sum-1 kernel (1, 1, K, K) float64, centre of mass centred."""
@@ -216,13 +214,7 @@ def _frame_arrays(spec: BenchSpec, suite: str, index: int) -> tuple[dict[str, by
     mask = ~hands[0] if hands else None
     coverage = float(hands[0].mean()) if hands else None
     fid = f"{suite}/f{index:03d}"
-    files = {
-        f"{fid}.png": encode_png(y8),
-        f"{fid}.sharp.png": encode_png(np.ascontiguousarray(sharp)),
-        f"{fid}.kernel.npy": save_kernel(k[0, 0].numpy()),
-    }
-    if mask is not None:
-        files[f"{fid}.mask.png"] = encode_png(mask)
+    files = sidecar_files(fid, y8, sharp, k, mask)
     return files, _Generated(f"{fid}.png", suite, seed, ksize, coverage)
 
 
