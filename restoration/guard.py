@@ -34,6 +34,7 @@ from torch import Tensor
 
 from restoration.kernel_ops import erode, luma
 from restoration.noise import QUANTISATION_SIGMA, noise_floor
+from restoration.operators import blur
 
 __all__ = ["GUARD_REASONS", "GuardSettings", "GuardVerdict", "guard_stats", "judge"]
 
@@ -101,8 +102,7 @@ def guard_stats(y: Tensor, mask: Tensor | None, x: Tensor, kernel: Tensor) -> li
     for i in range(b):
         xi, yi, mi = x[i : i + 1], y[i : i + 1], m[i : i + 1]
         pad = F.pad(xi, (r, r, r, r), mode="replicate") if r > 0 else xi
-        kb = k[i : i + 1].flip(-1, -2).expand(c, 1, -1, -1)
-        reblur = F.conv2d(pad, kb, groups=c)
+        reblur = blur(pad, k[i : i + 1], method="fft")  # 'same' size; FFT: O(N log N) at any K
         inner = _interior(mi, r)
         if float(inner.sum()) < 16:
             inner = mi
