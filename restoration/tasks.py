@@ -49,6 +49,10 @@ TaskName = Literal[
     "sr4", "inpaint-box", "inpaint-random", "deblur-gauss", "deblur-motion", "phase-retrieval"
 ]
 TASK_NAMES: tuple[str, ...] = get_args(TaskName)
+"""The CVSA paper's Table-1/2 tasks (the ``table1`` bench suite)."""
+DENOISE = "denoise"
+"""H = identity at a noise level given per run (:attr:`TaskParams.noise_sigma`): the public
+yardstick of the image prior (``checkout-restore bench --suites denoise --photos DIR``)."""
 NOISE_SIGMA = 0.05
 """Measurement noise std on the [-1, 1] scale (the paper's σ = 0.05, all tasks)."""
 CANVAS_MULTIPLE = 8  # the U-Net halves the resolution three times
@@ -67,6 +71,7 @@ class TaskParams:
 
     kernel: Tensor | None = None  # (B, 1, K, K), sums to 1
     mask: Tensor | None = None  # (B, 1, N, N), 1 = observed
+    noise_sigma: float | None = None  # on [-1, 1]; None: the paper's NOISE_SIGMA (denoise: per run)
 
 
 def _check_size(size: int) -> None:
@@ -140,11 +145,14 @@ def degrade(
         clean, truth = downsample(x, SR_FACTOR), x
     elif task == "phase-retrieval":
         clean, truth = phase_retrieval(F.pad(x, (_pr_pad(x.shape[-1]),) * 4)), x
+    elif task == DENOISE:
+        clean, truth = x, x
     else:
         if params.mask is None:
             raise TaskError(f"{task} needs a mask")
         clean, truth = x, x
-    y = clean + NOISE_SIGMA * randn(clean.shape, generator, x.device, x.dtype)
+    sigma = NOISE_SIGMA if params.noise_sigma is None else params.noise_sigma
+    y = clean + sigma * randn(clean.shape, generator, x.device, x.dtype)
     if params.mask is not None:
         y = apply_mask(y, params.mask.to(x.dtype))
     return y, truth
@@ -203,6 +211,14 @@ def _deblur_problem(task: str, y: Tensor, params: TaskParams) -> Physics:
 
     canvas = (offsets.canvas_height, offsets.canvas_width)
     return BlurMask(y_p, canvas, NOISE_SIGMA, crop, task, mask=m_p, kernel=k)
+
+
+def _denoise_problem(task: str, y: Tensor, params: TaskParams) -> Physics:
+    h, w = y.shape[-2:]
+    if h % CANVAS_MULTIPLE or w % CANVAS_MULTIPLE:
+        raise TaskError(f"{task} needs sides that are multiples of {CANVAS_MULTIPLE}, got {h}x{w}")
+    sigma = NOISE_SIGMA if params.noise_sigma is None else params.noise_sigma
+    return LinearPhysics(y, (h, w), sigma, task=task)  # H = H* = identity
 
 
 def _phase_problem(task: str, y: Tensor, params: TaskParams) -> Physics:
@@ -275,9 +291,10 @@ TASKS: dict[str, TaskSpec] = {
     "deblur-gauss": TaskSpec("deblur-gauss", _deblur_problem, "kernel", "Gaussian blur, valid convolution"),
     "deblur-motion": TaskSpec("deblur-motion", _deblur_problem, "kernel", "motion blur, valid convolution"),
     "phase-retrieval": TaskSpec("phase-retrieval", _phase_problem, "none", "Fourier magnitude, oversampled"),
+    DENOISE: TaskSpec(DENOISE, _denoise_problem, "none", "identity: additive Gaussian noise, sigma per run"),
 }
 
 
 def check_task(task: str) -> None:
     if task not in TASKS:
-        raise TaskError(f"unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
+        raise TaskError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")

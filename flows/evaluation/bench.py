@@ -120,11 +120,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated suites (motion, gaussian, motion+occlusion, native = native-motion,"
                    "native-gaussian: flows/evaluation/bench_native.py), real = real-motion,real-gaussian,"
                    "real-near-sharp, real-all, real-native (need --photos: "
-                   "flows/evaluation/bench_photos.py), or table1 / table1:TASK,... "
+                   "flows/evaluation/bench_photos.py), denoise (with --photos: the image prior's "
+                   "yardstick, flows/evaluation/denoise.py), or table1 / table1:TASK,... "
                    "(flows/evaluation/table1.py)")
     p.add_argument("--fonts", default=DEFAULT_FONT_GLOB, help="glob of TrueType fonts")
     p.add_argument("--photos", help="folder of real photographs for the real-* suites "
-                   "(validation photographs only, never training ones)")
+                   "(validation photographs only, never training ones), or of the denoise suite's images")
+    p.add_argument("--sigma", default="15,25,50",
+                   help="denoise suite: noise std(s) on the 0-255 scale (flows/evaluation/denoise.py)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--generate-only", action="store_true", help="write the set and stop")
@@ -140,14 +143,25 @@ def _spec_from_args(args: argparse.Namespace) -> BenchSpec:
                      fonts=fonts, photos=args.photos or "")
 
 
-def bench_main(args: argparse.Namespace) -> int:
-    """Generate (or take) the frames, run the methods, write results.parquet / results.md."""
-    if not hasattr(args, "argv"):  # called through flows.cli: record the command as typed
-        args.argv = sys.argv[1:]
+def _other_suite(args: argparse.Namespace) -> int | None:
+    """Run the suites with a runner of their own (table1, denoise); None for the blind suites."""
     from flows.evaluation.table1 import parse_tasks, run_table1  # the non-blind suite (its own module)
 
     if (tasks := parse_tasks(args.suites)) is not None:
         return run_table1(args, tasks)
+    if args.suites.strip() == "denoise":  # the image prior's public yardstick
+        from flows.evaluation.denoise import run_denoise
+
+        return run_denoise(args)
+    return None
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    """Generate (or take) the frames, run the methods, write results.parquet / results.md."""
+    if not hasattr(args, "argv"):  # called through flows.cli: record the command as typed
+        args.argv = sys.argv[1:]
+    if (code := _other_suite(args)) is not None:
+        return code
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
