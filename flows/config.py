@@ -46,6 +46,8 @@ class ClusterSettings(Frozen):
     num_cpus: float = Field(1.0, gt=0, description="CPU cores per actor (decoding, CPU restoration)")
     max_in_flight: int = Field(4, ge=1, description="batches submitted but not yet returned")
     address: str | None = Field(None, description="Ray cluster address; RAY_ADDRESS wins when set")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="seconds to reach a Ray cluster's address before the run stops with exit 2")
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="custom Ray resources each actor requests, e.g. {restore_worker: 1}: actors then run "

@@ -13,6 +13,7 @@ from storage.errors import (
     OverlappingStoresError,
     StoreAccessError,
 )
+from storage.lease import LeaseHeldError
 
 # Backend codes a retry cannot fix (S3 error codes and HTTP statuses as StoreAccessError.code).
 MISSING_BUCKET = frozenset({"NoSuchBucket"})
@@ -29,7 +30,8 @@ class UserError(Exception):
 
 def is_permanent(exc: BaseException) -> bool:
     """True when retrying cannot help (bad config, URI, missing bucket, credentials, access)."""
-    if isinstance(exc, UserError | InvalidURIError | OverlappingStoresError | InvalidKeyError):
+    if isinstance(exc, UserError | InvalidURIError | OverlappingStoresError | InvalidKeyError
+                  | LeaseHeldError):
         return True
     from flows.config import ConfigError
 

@@ -173,6 +173,19 @@ def _read(store: ObjectStore) -> tuple[dict[str, Any] | None, str | None]:
     return (record if isinstance(record, dict) else {}), etag
 
 
+def held_message(uri: str, record: Mapping[str, Any]) -> str:
+    """The one line a run prints when another live run holds the lease (docs/pipeline.md)."""
+    return (f"another run is restoring into {uri}: {describe(record)}; this run stops "
+            "(wait for it with --wait-for-lease, or for the lease to expire if that run died on another "
+            "machine)")
+
+
+def live_holder(store: ObjectStore) -> dict[str, Any] | None:
+    """The lease record of a live run holding ``store``'s lease, else None (reads only)."""
+    current, _ = _read(store)
+    return None if current is None or is_stale(current) else current
+
+
 def is_stale(record: Mapping[str, Any], now: float | None = None) -> bool:
     """Released, expired (or unreadable), or held by a process of this machine that is gone."""
     now = time.time() if now is None else now
@@ -209,8 +222,5 @@ def acquire(store: ObjectStore, *, run_id: str, flow_run_id: str | None = None, 
             previous = current if current is not None and not current.get("released") else None
             return RunLease(store=store, record=record, etag=new_etag, ttl_s=ttl_s, previous=previous)
         if time.monotonic() >= deadline:
-            raise LeaseHeldError(
-                f"another run is restoring into {store.uri}: {describe(current)}; this run stops "
-                f"(wait for it, or for the lease to expire if that run died on another machine)"
-            )
+            raise LeaseHeldError(held_message(store.uri, current))
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)

@@ -18,6 +18,8 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline by default
 
 
+LEASE_WAIT_S = 6 * 3600.0  # --wait-for-lease without a value: a night's worth
+
 CONFIG_HELP = ("config: a YAML path, a name in ./configs/, or a packaged name (default, smoke), "
                "looked up in that order")
 
@@ -40,6 +42,9 @@ def add_pipeline_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="default", help=CONFIG_HELP)
     p.add_argument("--limit", type=_non_negative, default=None,
                    help="restore at most N pending frames this run (the rest stay pending)")
+    p.add_argument("--wait-for-lease", type=float, nargs="?", const=LEASE_WAIT_S, default=0.0, metavar="S",
+                   help="when another run holds the destination's lease, wait up to S seconds for it "
+                   f"(default with the flag: {LEASE_WAIT_S:g}) instead of exiting 2")
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("serve",
@@ -96,16 +101,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Preflight (config, stores: seconds, nothing created), then the flow. Exit 0 / 1 / 2."""
     from flows.pipeline.preflight import check_run
 
-    check_run(args.source, args.dest, args.config)  # raises a permanent error before anything starts
+    wait_s = getattr(args, "wait_for_lease", 0.0)
+    # raises a permanent error before anything starts (the lease too, unless asked to wait for it)
+    check_run(args.source, args.dest, args.config, lease=wait_s <= 0)
+    from prefect.exceptions import CancelledRun
+
+    from flows.pipeline import supervisor
     from flows.pipeline.flow import QualityGateError, restore_frames
 
     if not getattr(args, "debug", False):
         _one_line_console_logs()
 
     try:
-        summary = restore_frames(source=args.source, dest=args.dest, config=args.config, limit=args.limit)
+        summary = restore_frames(source=args.source, dest=args.dest, config=args.config, limit=args.limit,
+                                 lease_wait_s=wait_s)
     except QualityGateError as exc:
         summary = exc.summary
+    except (CancelledRun, supervisor.RunCancelled) as exc:
+        print(f"status:      cancelled\n{' '.join(str(exc).split())}", flush=True)
+        return 128 + (supervisor.last_signum or signal.SIGTERM)
     except Exception as exc:
         report = getattr(exc, "report_uri", None)
         if report:

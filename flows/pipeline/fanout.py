@@ -20,6 +20,7 @@ from flows.pipeline.actors import (
     RestoreWorker,
     RunContext,
     quarantine_rows,
+    report_row,
 )
 from restoration.settings import RestorationSettings
 from storage.sidecars import FrameRef
@@ -29,6 +30,15 @@ log = logging.getLogger("checkout_restore.actors")
 MAX_RESTARTS = 3  # per actor, then the pool replaces it
 MAX_REPLACEMENTS_PER_ACTOR = 3  # then the run fails: actors that cannot stay up are not a frame's fault
 MAX_ATTEMPTS = 3  # per batch, before it is split into single frames
+STOP_GRACE_S = 10.0  # after a stop request, how long batches in flight may still return
+WAIT_S = 1.0  # ray.wait timeout: how often the fan-out looks at its stop request
+NOT_ATTEMPTED = "not_attempted"  # reason of the frames a stopped run did not restore
+
+
+def not_attempted_rows(refs: Sequence[FrameRef]) -> list[dict]:
+    """Rows of frames a stopped run never restored (skipped; pending again next run)."""
+    return [report_row(r, "skipped", reason=NOT_ATTEMPTED, detail="the run stopped before this frame")
+            for r in refs]
 
 
 class ActorPool:
@@ -94,6 +104,7 @@ def fan_out(
     on_batch: Callable[[BatchDone], None] | None = None,
     logger: logging.Logger | logging.LoggerAdapter = log,
     max_attempts: int = MAX_ATTEMPTS,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[list[dict], int]:
     """Run every batch on the pool; returns (rows in completion order, batches resubmitted).
 
@@ -103,16 +114,25 @@ def fan_out(
     with task retries waits for Ray to restart it, and an actor out of restarts is replaced. After
     ``max_attempts`` failures a multi-frame batch is split into single frames (one more attempt
     each), and a single frame that still kills its actor is quarantined as ``worker_crashed``.
-    ``logger`` is the driver-side logger (the flow passes Prefect's run logger).
+    ``logger`` is the driver-side logger (the flow passes Prefect's run logger). When ``stop()``
+    turns true (a signal), nothing more is submitted, the batches in flight get
+    :data:`STOP_GRACE_S` to return, and every frame without a row becomes ``not_attempted``.
     """
     run = _FanOut(pool, batches, on_batch=on_batch, logger=logger, max_attempts=max_attempts)
+    stop_at: float | None = None
     while run.queue or run.batch_refs:
-        run.submit(max_in_flight)
-        [ref], _ = pool._ray.wait([*run.batch_refs, *run.probe_refs], num_returns=1)
-        if ref in run.probe_refs:
-            run.probed(ref)
-        else:
-            run.returned(ref)
+        if stop_at is None and stop is not None and stop():
+            stop_at, run.queue = time.monotonic() + STOP_GRACE_S, run.drop_queue()
+        if stop_at is not None and (time.monotonic() > stop_at or not run.batch_refs):
+            break
+        if stop_at is None:
+            run.submit(max_in_flight)
+        # A timeout, so the flow's signal handler runs and ``stop`` is looked at every second.
+        ready, _ = pool._ray.wait([*run.batch_refs, *run.probe_refs], num_returns=1, timeout=WAIT_S)
+        for ref in ready:
+            run.probed(ref) if ref in run.probe_refs else run.returned(ref)
+    if stop_at is not None:
+        run.abandon()
     return run.rows, run.resubmitted
 
 
@@ -131,7 +151,7 @@ class _FanOut:
         self.batch_refs: dict[Any, tuple[list[FrameRef], int, int]] = {}  # ref -> (batch, attempts, actor)
         self.probe_refs: dict[Any, int] = {}  # ref of a ready() probe -> actor index
         self.rows: list[dict] = []
-        self.resubmitted = self.batches_done = self.replacements = 0
+        self.resubmitted = self.batches_done = self.replacements = self.not_attempted = 0
         self.start = time.monotonic()
 
     def submit(self, max_in_flight: int) -> None:
@@ -139,6 +159,19 @@ class _FanOut:
             batch, attempts = self.queue.pop()
             idx = self.idle.pop(0)
             self.batch_refs[self.pool.actors[idx].restore.remote(batch)] = (batch, attempts, idx)
+
+    def drop_queue(self) -> list[tuple[list[FrameRef], int]]:
+        """Stop submitting: the queued batches become ``not_attempted`` rows now."""
+        for batch, _ in self.queue:
+            self.rows.extend(not_attempted_rows(batch))
+            self.not_attempted += len(batch)
+        return []
+
+    def abandon(self) -> None:
+        """The batches still in flight after the grace period: ``not_attempted`` too."""
+        for batch, _, _ in self.batch_refs.values():
+            self.rows.extend(not_attempted_rows(batch))
+        self.batch_refs.clear()
 
     def probed(self, ref: Any) -> None:
         """A restarted (or replacement) actor answered its probe, or died for good."""
@@ -176,7 +209,8 @@ class _FanOut:
         self.rows.extend(got)
         self.batches_done += 1
         if self.on_batch is not None:
-            self.on_batch(BatchDone(rows=got, frames_done=len(self.rows), frames_total=self.frames_total,
+            self.on_batch(BatchDone(rows=got, frames_done=len(self.rows) - self.not_attempted,
+                                    frames_total=self.frames_total,
                                     batches_done=self.batches_done, batches_total=self.batches_total,
                                     resubmitted=self.resubmitted, elapsed_s=time.monotonic() - self.start))
 

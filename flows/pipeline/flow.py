@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,10 +37,11 @@ from prefect.utilities.annotations import quote
 
 from flows.config import PipelineConfig, load_config
 from flows.pipeline.actors import FaultHook, PipelineError, RestorerFactory, RunContext
-from flows.pipeline.fanout import ActorPool
+from flows.pipeline.fanout import NOT_ATTEMPTED, ActorPool, not_attempted_rows
 from flows.pipeline.notify import notify
 from flows.pipeline.ray_local import ensure_ray, reap_stale_local_instances
 from flows.pipeline.run_report import publish_artifacts, record_failure, summarize, write_report
+from flows.pipeline.supervisor import RunCancelled, active, cancel_on_signals
 from flows.pipeline.tasks import ARTIFACT_PREFIX, discover_frames, plan_run, restore_batches
 from flows.reports.values import quality_gate_failed, quality_gate_text
 from storage.base import ObjectStore, stores_overlap
@@ -138,26 +140,36 @@ def run_pipeline(
         "started_at": started.isoformat(), "source": source, "dest": dest, "config_name": config,
         "limit": limit, "status": "running"}
     webhook_env = "CHECKOUT_RESTORE_WEBHOOK_URL"
-    try:
-        cfg = load_config(config)
-        webhook_env = cfg.alerts.webhook_env
-        summary = _run(cfg, facts, limit, logger, fault_hook, restorer_factory, lease_wait_s)
-    except QualityGateError:
-        raise
-    except Exception as exc:
-        summary = {**facts, "status": "failed", "finished_at": datetime.now(UTC).isoformat(),
-                   "error": {"type": type(exc).__name__, "message": " ".join(str(exc).split())[:2000]}}
-        summary.setdefault("counts", {"restored": 0, "skipped": 0, "quarantined": 0, "total": 0})
-        logger.error("run %s failed: %s: %s", facts["run_id"], type(exc).__name__, exc)
-        uri = record_failure(summary, logger)
-        notify(summary, webhook_env, logger)
-        with contextlib.suppress(Exception):
-            exc.report_uri = uri  # type: ignore[attr-defined]  # the CLI prints it
-        raise
+    with cancel_on_signals() as token:
+        try:
+            cfg = load_config(config)
+            webhook_env = cfg.alerts.webhook_env
+            summary = _run(cfg, facts, limit, logger, fault_hook, restorer_factory, lease_wait_s)
+        except Exception as exc:
+            _failed(facts, exc, webhook_env, logger)
+            raise
     notify(summary, webhook_env, logger)
+    if summary["status"] == "cancelled":
+        raise RunCancelled(f"run {facts['run_id']} cancelled by {signal.Signals(token.signum).name}: "
+                           f"{summary['counts']['restored']} restored, "
+                           f"{summary['skip_reasons'].get(NOT_ATTEMPTED, 0)} not attempted; "
+                           f"report {summary['report_uri']}",
+                           token.signum, summary["report_uri"])
     if summary["status"] == "failed_quality":
         raise QualityGateError(summary)
     return summary
+
+
+def _failed(facts: dict[str, Any], exc: Exception, webhook_env: str, logger: Any) -> None:
+    """A failed run is a run: its summary, index row and webhook (then the error propagates)."""
+    summary = {**facts, "status": "failed", "finished_at": datetime.now(UTC).isoformat(),
+               "error": {"type": type(exc).__name__, "message": " ".join(str(exc).split())[:2000]}}
+    summary.setdefault("counts", {"restored": 0, "skipped": 0, "quarantined": 0, "total": 0})
+    logger.error("run %s failed: %s: %s", facts["run_id"], type(exc).__name__, exc)
+    uri = record_failure(summary, logger)
+    notify(summary, webhook_env, logger)
+    with contextlib.suppress(Exception):
+        exc.report_uri = uri  # type: ignore[attr-defined]  # the CLI prints it
 
 
 def _run(cfg: PipelineConfig, facts: dict[str, Any], limit: int | None, logger: Any,
@@ -200,7 +212,10 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
                 sum(r["status"] == "quarantined" for r in plan.rows), plan.deferred)
 
     rows, resubmitted, restore_s, actors = list(plan.rows), 0, 0.0, 0
-    if plan.pending:
+    token = active()
+    if plan.pending and token is not None and token.is_set():  # stopped during discovery: no Ray
+        rows.extend(not_attempted_rows(plan.pending))
+    elif plan.pending:
         # No more actors than batches: a run for one upload should not load the priors twice.
         actors = min(cfg.cluster.actors, math.ceil(len(plan.pending) / cfg.restoration.batch_size))
         cluster = cfg.cluster.model_copy(update={"actors": actors})
@@ -233,6 +248,8 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
         max_quarantine_rate=cfg.alerts.max_quarantine_rate, max_fallback_rate=cfg.alerts.max_fallback_rate,
     )
     summary["status"] = "failed_quality" if quality_gate_failed(summary) else "succeeded"
+    if token is not None and token.is_set():
+        summary["status"] = "cancelled"
     written = write_report(source_store.uri, dest_store.uri, run_id, summary, quote(rows), cfg.reports)
     if written != report_key:
         summary.update(report_key=written, report_uri=f"{dest_store.uri.rstrip('/')}/{written}")
@@ -245,8 +262,15 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
 
 @flow(name=FLOW_NAME, description="Blind-restore pending checkout frames (CVSA on CLD priors) and report.")
 def restore_frames(
-    source: str, dest: str, config: str = "default", limit: int | None = None
+    source: str, dest: str, config: str = "default", limit: int | None = None, lease_wait_s: float = 0.0
 ) -> dict[str, Any]:
     """Restore every pending frame of ``source`` into ``dest`` with the named config (or YAML path);
-    ``limit`` caps the frames restored this run. Returns the run summary (``summary.json``)."""
-    return run_pipeline(source, dest, config, limit)
+    ``limit`` caps the frames restored this run; ``lease_wait_s`` how long to wait for another run's
+    lease. Returns the run summary (``summary.json``); a run stopped by SIGTERM/SIGINT ends in
+    Prefect's Cancelled state after writing its ``cancelled`` report."""
+    from prefect.states import Cancelled
+
+    try:
+        return run_pipeline(source, dest, config, limit, lease_wait_s=lease_wait_s)
+    except RunCancelled as exc:
+        return Cancelled(message=str(exc))  # type: ignore[return-value]

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ClusterSettings
+from flows.pipeline import supervisor
 from flows.pipeline.actors import PipelineError
+from flows.pipeline.preflight import check_ray_address
 
 log = logging.getLogger("checkout_restore.actors")
 
@@ -51,10 +53,12 @@ def ensure_ray(cluster: ClusterSettings) -> Iterator[bool]:
         return
     address = os.environ.get("RAY_ADDRESS") or cluster.address
     if address:
+        check_ray_address(address, cluster.connect_timeout_s)
         try:
             ray.init(address=address, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise PipelineError(f"cannot connect to the Ray cluster at {address}: {exc}") from exc
+        supervisor.reinstall()  # ray.init made SIGTERM a sys.exit: the run's handler again
         try:
             yield False
         finally:
@@ -66,6 +70,8 @@ def ensure_ray(cluster: ClusterSettings) -> Iterator[bool]:
         _write_owner(temp_dir)
         loopback_ray_init(num_cpus=max(LOCAL_MIN_CPUS, math.ceil(cluster.actors * cluster.num_cpus)),
                           temp_dir=temp_dir)
+        os.chmod(temp_dir, 0o700)  # Ray makes its temp folder 0777 (no sticky bit): private again
+        supervisor.reinstall()
         _local_cluster = True
         yield True
     finally:

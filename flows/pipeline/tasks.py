@@ -17,6 +17,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.errors import is_transient
+from flows.pipeline import supervisor
 from flows.pipeline.actors import frame_failure_row, report_row
 from flows.pipeline.fanout import ActorPool, BatchDone, fan_out
 from storage.base import ObjectStore
@@ -186,7 +187,9 @@ def restore_batches(pool: ActorPool, refs: list[FrameRef], batch_size: int, max_
         if progress_id is not None:
             update_progress_artifact(progress_id, progress=100.0 * done.frames_done / done.frames_total)
 
+    token = supervisor.active()
     try:
-        return fan_out(pool, batches, max_in_flight=max_in_flight, on_batch=on_batch, logger=logger)
+        return fan_out(pool, batches, max_in_flight=max_in_flight, on_batch=on_batch, logger=logger,
+                       stop=token.is_set if token is not None else None)
     finally:
         progress.close()
