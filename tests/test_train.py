@@ -301,3 +301,28 @@ def test_mixed_sources_warm_start_keeps_parent_weights(tmp_path: Path) -> None:
     assert c2.meta["init_from"]["version"] == p.version
     with pytest.raises(TrainCLIError):
         _run(cfg, "image", tmp_path / "x", cache, "--init-from", str(tmp_path / "none.safetensors"))
+
+
+def test_photo_source_scales_jitters_and_refuses_the_validation_sets(tmp_path: Path) -> None:
+    """The 'photos' data source: every image at each scale that still fits a crop, plus seeded
+    colour-jittered copies; LIVE1 / BSD68 (the validation sets) are refused."""
+    import numpy as np
+    from PIL import Image
+
+    from flows.cli.train import photo_bank
+
+    (tmp_path / "SetA").mkdir()
+    Image.fromarray(np.full((200, 300, 3), 120, np.uint8)).save(tmp_path / "SetA" / "a.png")
+    Image.fromarray(np.full((90, 90), 60, np.uint8)).save(tmp_path / "SetA" / "b.png")  # grey
+    spec = {"folders": ["SetA"], "scales": [1.0, 0.5], "jitter": 1, "seed": 3}
+    bank = photo_bank(spec, tmp_path, crop=64)
+    # a.png at 1.0 and 0.5 (100 x 150), b.png at 1.0 only (45 px < 64): 3 images x (1 + 1 jitter)
+    assert [tuple(t.shape) for t in bank] == [(3, 200, 300)] * 2 + [(3, 100, 150)] * 2 + [(3, 90, 90)] * 2
+    assert all(t.dtype == torch.uint8 for t in bank)
+    assert not torch.equal(bank[0], bank[1])  # the jittered copy differs
+    again = photo_bank(spec, tmp_path, crop=64)
+    assert all(torch.equal(x, y) for x, y in zip(bank, again, strict=True))  # seeded
+    with pytest.raises(TrainCLIError, match="validation"):
+        photo_bank({"folders": ["LIVE1"]}, tmp_path, crop=64)
+    with pytest.raises(TrainCLIError, match="--photos"):
+        photo_bank(spec, None, crop=64)
