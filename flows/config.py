@@ -90,7 +90,8 @@ class ReportSettings(Frozen):
     keep_runs: int | None = Field(None, ge=1, description="keep the newest N run reports (None: keep all)")
     index_page_size: int = Field(50, ge=1, description="runs per page of reports/index.html")
     max_frames: int = Field(200, ge=0, description="worst frames with pictures on a run page")
-    progress_every: int = Field(100, ge=1, description="log a progress line every N frames (no terminal)")
+    progress_every: int = Field(100, ge=1, description="log a progress line every N frames")
+    progress_seconds: float = Field(60.0, gt=0, description="... or every S seconds, whichever comes first")
     dashboard_url: str | None = Field(None, description="http(s) URL of `checkout-restore dashboard`; "
                                       "the Prefect link artifact points there")
 

@@ -132,6 +132,11 @@ class LocalStore:
             raise InvalidKeyError(key, "metadata path resolves outside the store (symlink)")
         return path
 
+    def check_key(self, key: str) -> None:
+        """:class:`InvalidKeyError` if ``put(key)`` would refuse the key (nothing written)."""
+        self._path(key)
+        self._check_names(key)
+
     def _check_names(self, key: str) -> None:
         """Refuse, before writing anything, a key the file system cannot hold (with its
         metadata file's ``.json`` suffix): each name <= NAME_MAX bytes, the path <= PATH_MAX."""

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import secrets
+import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -49,8 +50,13 @@ def run_started_at(run_id: str) -> datetime:
 
 
 def escape_controls(text: str) -> str:
-    """Control characters (C0, DEL, C1: newlines and tabs too) as visible ``\\xNN`` escapes."""
-    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """Control characters (C0, DEL, C1: newlines and tabs too) as visible ``\\xNN`` escapes, and
+    Unicode format characters (category Cf: bidi overrides such as U+202E, zero-width and
+    invisible characters) as ``\\uNNNN``: they would reorder or hide what a report shows."""
+    text = _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if text.isascii():
+        return text
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cf" else c for c in text)
 
 
 def csv_cell(value: Any) -> Any:

@@ -295,6 +295,10 @@ class S3Store:
         return True
 
     # ---------------------------------------------------------------- writes
+    def check_key(self, key: str) -> None:
+        """:class:`InvalidKeyError` if ``put(key)`` would refuse the key (prefix included)."""
+        validate_key(self._root + validate_key(key))
+
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
         if self._read_only:
             raise ReadOnlyStoreError(f"{self.uri} is read-only: refusing to write {key!r}")

@@ -135,3 +135,30 @@ class MarkOnce:
 
         with contextlib.suppress(FileExistsError):
             os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+
+
+class PidRestorer:
+    """A stand-in for ``FrameRestorer`` (``restorer_factory``): identity "restoration" that takes
+    ``delay_s`` per frame and reports the actor's pid as ``nfe``, so a test sees which actor
+    restored which frame."""
+
+    model_version = "pid-fake:1"
+    delay_s = 0.0
+
+    def __init__(self, settings: object, device: str) -> None:
+        pass
+
+    def __call__(self, frames: list) -> list:
+        import os
+        import time
+        from types import SimpleNamespace
+
+        time.sleep(self.delay_s * len(frames))
+        kernel = np.zeros((3, 3), np.float32)
+        kernel[1, 1] = 1
+        return [SimpleNamespace(key=f.key, restored=f.image, kernel=kernel, residual=1.0, sharpness_gain=1.0,
+                                kernel_extent=1.0, nfe=os.getpid(), seconds=self.delay_s) for f in frames]
+
+
+class SlowPidRestorer(PidRestorer):
+    delay_s = 0.3

@@ -4,6 +4,7 @@ errors as one line with exit code 2 — before any server, folder or cluster sta
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from flows import cli
+from storage.reports import load_run_index
+from storage.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "prefect", "ray", "pandas", "matplotlib", "boto3")
@@ -132,3 +135,20 @@ def test_missing_bucket_or_credentials_fail_fast_with_one_line(tmp_path: Path, s
     assert needle in lines[0] and "s3://no-such-bucket-7f3e/frames" in lines[0]
     assert not (tmp_path / "out").exists()
     print(f"{case}: exit 2 after {seconds:.1f} s wall")  # measured in the notes, not asserted
+
+
+def test_missing_source_bucket_leaves_a_failed_row_on_a_writable_destination(tmp_path: Path,
+                                                                              s3_env: object) -> None:
+    dest = tmp_path / "out"
+    dest.mkdir()  # the nightly destination exists and takes writes
+    done, seconds = _run("run", "--source", "s3://no-such-bucket-7f3e/frames", "--dest", str(dest),
+                         "--config", "smoke", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "bucket does not exist" in lines[0], done.stderr
+    [row] = load_run_index(open_store(dest))
+    assert row["status"] == "failed"
+    summary = json.loads((dest / "reports" / row["run_id"] / "summary.json").read_text())
+    assert summary["error"]["type"] == "StoreAccessError"
+    assert "bucket does not exist" in summary["error"]["message"]
+    assert (dest / "reports" / "index.html").is_file()
+    print(f"missing source bucket: exit 2 after {seconds:.1f} s wall, failed row on the destination's index")

@@ -133,7 +133,7 @@ NEUTRAL_CHANGES: dict[str, dict[str, Any]] = {
                 "resources": {"restore_worker": 1.0}},
     "schedule": {"cron": "30 3 * * 1", "timezone": "America/New_York", "upload_debounce_seconds": 120},
     "reports": {"keep_runs": 3, "index_page_size": 10, "max_frames": 20, "progress_every": 5,
-                "dashboard_url": "http://127.0.0.1:8765/"},
+                "progress_seconds": 9.0, "dashboard_url": "http://127.0.0.1:8765/"},
     "alerts": {"max_quarantine_rate": 0.1, "max_fallback_rate": 0.2, "webhook_env": "MY_HOOK"},
 }
 SECTIONS = {"restoration": RestorationSettings, "cluster": ClusterSettings, "schedule": ScheduleSettings,

@@ -229,8 +229,9 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_every_n_frames_otherwise(
         for done in range(10, 251, 10):  # 25 batches of 10
             bar.update(done, done / 5.0, 0)
         bar.close()
-        assert caplog.records == []  # the bar, not log lines
+        assert len(caplog.records) == 3  # the bar, and the same lines as in a log file
         assert "250/250" in tty.getvalue() and "frame" in tty.getvalue()
+        caplog.clear()
 
         plain = io.StringIO()
         lines = Progress(250, log, every=100, stream=plain)
@@ -239,6 +240,14 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_every_n_frames_otherwise(
         lines.close()
     assert plain.getvalue() == ""
     assert [r.getMessage() for r in caplog.records] == [
-        "100/250 frames (40%), 5.00 frames/s, 1 batches resubmitted",
-        "200/250 frames (80%), 5.00 frames/s, 1 batches resubmitted",
-        "250/250 frames (100%), 5.00 frames/s, 1 batches resubmitted"]
+        "100/250 frames (40%), 5.00 frames/s, ETA 30 s, 1 batches resubmitted",
+        "200/250 frames (80%), 5.00 frames/s, ETA 10 s, 1 batches resubmitted",
+        "250/250 frames (100%), 5.00 frames/s, ETA 0 s, 1 batches resubmitted"]
+    slow = Progress(1000, log, every=100, stream=io.StringIO(), seconds=60.0)  # 1 frame/s: time decides
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        caplog.clear()
+        for done in range(10, 131, 10):
+            slow.update(done, float(done), 0)
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["60/1000 frames (6%)",
+                                                                      "120/1000 frames (12%)"]
+    assert "ETA 15 min 40 s" in caplog.records[0].getMessage()

@@ -15,6 +15,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -360,6 +361,20 @@ def test_csv_cells_are_neutralised_parquet_keeps_the_text(tmp_path: Path) -> Non
     assert list(load_frames_report(dest, run_id)["key"]) == hostile  # the data itself is unchanged
     assert csv_cell(-1.5) == -1.5
     assert {r["residual"] for r in table} == {"-1.5"}  # numbers are not text: left alone
+
+
+def test_bidi_and_format_characters_are_neutralised_in_csv_and_html(tmp_path: Path) -> None:
+    from flows.reports.render import _finalize
+
+    spoof = "invoice\u202egnp.exe\u200b\u2066x\ufeff.png"  # RIGHT-TO-LEFT OVERRIDE, zero-width, isolate, BOM
+    dest = open_store(tmp_path / "out")
+    run_id = new_run_id()
+    write_frames_report(dest, run_id, [{"key": spoof, "residual": 0.5}, {"key": "ünï cödé/ß.png"}])
+    cells = [r["key"] for r in csv.DictReader(io.StringIO(dest.get(f"reports/{run_id}/frames.csv").decode()))]
+    assert cells[0] == "invoice\\u202egnp.exe\\u200b\\u2066x\\ufeff.png"
+    assert cells[1] == "ünï cödé/ß.png"  # ordinary letters are left alone
+    assert _finalize(spoof) == cells[0]  # every value of the HTML report goes through the same
+    assert not any(unicodedata.category(ch) == "Cf" for ch in cells[0] + _finalize(spoof))
 
 
 def test_before_thumbnail_follows_exif_orientation() -> None:

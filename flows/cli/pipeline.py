@@ -45,6 +45,9 @@ def add_pipeline_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-for-lease", type=float, nargs="?", const=LEASE_WAIT_S, default=0.0, metavar="S",
                    help="when another run holds the destination's lease, wait up to S seconds for it "
                    f"(default with the flag: {LEASE_WAIT_S:g}) instead of exiting 2")
+    p.add_argument("--retry-quarantined", action="store_true",
+                   help="restore again the frames an earlier run refused for good although unchanged "
+                   "(skipped as quarantined_before:<reason> otherwise)")
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("serve",
@@ -97,13 +100,29 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Preflight (config, stores: seconds, nothing created), then the flow. Exit 0 / 1 / 2."""
+def _preflight(args: argparse.Namespace, *, lease: bool) -> None:
+    """:func:`check_run`; a failure still leaves its red row on the destination's index where it
+    can (not for a held lease: that run owns the index now; not for overlapping stores)."""
     from flows.pipeline.preflight import check_run
 
+    try:
+        check_run(args.source, args.dest, args.config, lease=lease)
+    except Exception as exc:
+        from storage.errors import OverlappingStoresError
+        from storage.lease import LeaseHeldError
+
+        if not isinstance(exc, LeaseHeldError | OverlappingStoresError):
+            from flows.pipeline.run_report import record_preflight_failure
+
+            record_preflight_failure(args.source, args.dest, args.config, exc)
+        raise
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Preflight (config, stores: seconds, nothing created), then the flow. Exit 0 / 1 / 2."""
     wait_s = getattr(args, "wait_for_lease", 0.0)
     # raises a permanent error before anything starts (the lease too, unless asked to wait for it)
-    check_run(args.source, args.dest, args.config, lease=wait_s <= 0)
+    _preflight(args, lease=wait_s <= 0)
     from prefect.exceptions import CancelledRun
 
     from flows.pipeline import supervisor
@@ -114,7 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         summary = restore_frames(source=args.source, dest=args.dest, config=args.config, limit=args.limit,
-                                 lease_wait_s=wait_s)
+                                 lease_wait_s=wait_s,
+                                 retry_quarantined=getattr(args, "retry_quarantined", False))
     except QualityGateError as exc:
         summary = exc.summary
     except (CancelledRun, supervisor.RunCancelled) as exc:
@@ -141,6 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         reasons = ", ".join(f"{k} {v}" for k, v in (summary.get("fallback_reasons") or {}).items())
         print(f"guard:       {fallback} restored frames shipped unrestored (fallback: {reasons})")
     print(f"report:      {summary['report_uri']}", flush=True)
+    for warning in summary.get("warnings") or ():
+        print(f"checkout-restore: warning: {warning}", file=sys.stderr)
     if summary.get("status") == "failed_quality":
         from flows.reports.values import quality_gate_text
 

@@ -167,6 +167,9 @@ class RestoreWorker:
                 rows[item.ref.key] = self._finish(item, out)
             except Exception as exc:
                 rows[item.ref.key] = frame_failure_row(item.ref, exc, stage="write")
+        for item in decoded:  # the sampler refused this frame's content: as permanent as a codec error
+            if rows[item.ref.key]["reason"] == "restore_error":
+                self._remember_quarantine(item.ref, "restore_error")
         return [rows[ref.key] for ref in batch]
 
     def _remember_quarantine(self, ref: FrameRef, reason: str) -> None:

@@ -63,6 +63,14 @@ def expected_model_version(config: PipelineConfig, restorer_factory: RestorerFac
     return (restorer_factory or FrameRestorer)(config.restoration, "cpu").model_version
 
 
+def run_shape(pending: int, actors: int, batch_size: int) -> tuple[int, int]:
+    """(actors, frames per batch) for a run of ``pending`` frames: every actor gets work, whatever
+    the run size (4 frames on 2 actors: 2 batches of 2, not one batch of 4 while an actor idles),
+    and no more actors than frames (one upload does not load the priors twice)."""
+    used = max(1, min(actors, pending))
+    return used, max(1, min(batch_size, math.ceil(pending / used)))
+
+
 class QualityGateError(RuntimeError):
     """The run processed every frame and wrote its report, but quarantined more than
     ``alerts.max_quarantine_rate`` of them, or the guard shipped more than ``alerts.max_fallback_rate``
@@ -120,6 +128,7 @@ def run_pipeline(
     fault_hook: FaultHook | None = None,
     restorer_factory: RestorerFactory | None = None,
     lease_wait_s: float = 0.0,
+    retry_quarantined: bool = False,
 ) -> dict[str, Any]:
     """The body of ``restore-frames``; call it inside a flow run. ``fault_hook`` (tests) is passed
     to every actor; ``restorer_factory`` replaces :class:`restoration.service.FrameRestorer`.
@@ -138,7 +147,7 @@ def run_pipeline(
     facts: dict[str, Any] = {
         "run_id": new_run_id(started), "flow_run_id": str(flow_run.id) if flow_run.id else None,
         "started_at": started.isoformat(), "source": source, "dest": dest, "config_name": config,
-        "limit": limit, "status": "running"}
+        "limit": limit, "retry_quarantined": retry_quarantined, "status": "running"}
     webhook_env = "CHECKOUT_RESTORE_WEBHOOK_URL"
     with cancel_on_signals() as token:
         try:
@@ -202,7 +211,11 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
     found = discover_frames(source_store.uri, dest_store.uri)
     model_version = expected_model_version(cfg, restorer_factory)
     facts["model_version"] = model_version
-    plan = plan_run(found, config_hash, model_version, limit)
+    plan = plan_run(found, config_hash, model_version, limit, bool(facts.get("retry_quarantined")))
+    if not found.candidates and not found.invalid:  # an S3 prefix typo must not read "succeeded" silently
+        facts["warnings"] = [f"no frames under {source_store.uri} (supported: "
+                             f"{', '.join(IMAGE_EXTENSIONS)}): check the source URI and its prefix"]
+        logger.warning(facts["warnings"][0])
     if found.unsupported:
         logger.warning("%d files skipped as unsupported_format (supported: %s), e.g. %s",
                        len(found.unsupported), ", ".join(IMAGE_EXTENSIONS), found.unsupported[0])
@@ -216,8 +229,7 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
     if plan.pending and token is not None and token.is_set():  # stopped during discovery: no Ray
         rows.extend(not_attempted_rows(plan.pending))
     elif plan.pending:
-        # No more actors than batches: a run for one upload should not load the priors twice.
-        actors = min(cfg.cluster.actors, math.ceil(len(plan.pending) / cfg.restoration.batch_size))
+        actors, batch_size = run_shape(len(plan.pending), cfg.cluster.actors, cfg.restoration.batch_size)
         cluster = cfg.cluster.model_copy(update={"actors": actors})
         ctx = RunContext(run_id=run_id, source_uri=source_store.uri, dest_uri=dest_store.uri,
                          config_hash=config_hash)
@@ -230,8 +242,8 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
                     raise PipelineError(f"actors run models {sorted(versions)}, expected {model_version}")
                 t0 = datetime.now(UTC)
                 got, resubmitted = restore_batches(quote(pool), quote(plan.pending),
-                                                   cfg.restoration.batch_size, cluster.max_in_flight,
-                                                   progress_id, cfg.reports.progress_every)
+                                                   batch_size, cluster.max_in_flight, progress_id,
+                                                   cfg.reports)
                 restore_s = (datetime.now(UTC) - t0).total_seconds()
             finally:
                 pool.close()
@@ -262,15 +274,18 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
 
 @flow(name=FLOW_NAME, description="Blind-restore pending checkout frames (CVSA on CLD priors) and report.")
 def restore_frames(
-    source: str, dest: str, config: str = "default", limit: int | None = None, lease_wait_s: float = 0.0
+    source: str, dest: str, config: str = "default", limit: int | None = None, lease_wait_s: float = 0.0,
+    retry_quarantined: bool = False,
 ) -> dict[str, Any]:
     """Restore every pending frame of ``source`` into ``dest`` with the named config (or YAML path);
     ``limit`` caps the frames restored this run; ``lease_wait_s`` how long to wait for another run's
-    lease. Returns the run summary (``summary.json``); a run stopped by SIGTERM/SIGINT ends in
-    Prefect's Cancelled state after writing its ``cancelled`` report."""
+    lease; ``retry_quarantined`` restores again the frames an earlier run refused for good (their
+    ledger records the reason). Returns the run summary (``summary.json``); a run stopped by
+    SIGTERM/SIGINT ends in Prefect's Cancelled state after writing its ``cancelled`` report."""
     from prefect.states import Cancelled
 
     try:
-        return run_pipeline(source, dest, config, limit, lease_wait_s=lease_wait_s)
+        return run_pipeline(source, dest, config, limit, lease_wait_s=lease_wait_s,
+                            retry_quarantined=retry_quarantined)
     except RunCancelled as exc:
         return Cancelled(message=str(exc))  # type: ignore[return-value]

@@ -27,11 +27,13 @@ from storage.stores import open_store
 
 TABLE_ARTIFACT_ROWS = 500  # the full table is frames.csv / frames.parquet
 MEAN_COLUMNS = ("residual", "psnr", "ssim", "kernel_mse", "kernel_ncc", "sharpness_gain")
+QUARANTINED_BEFORE = "quarantined_before:"  # reason prefix of a standing failure (skipped, unchanged)
 FALLBACK_ENV = "CHECKOUT_RESTORE_FALLBACK_DIR"  # where a failed run's report goes when dest is unreachable
 
 
 def summarize(rows: Sequence[dict], **fields: Any) -> dict[str, Any]:
-    """summary.json: counts by status, reasons, the quarantine rate (quarantined / processed) and the
+    """summary.json: counts by status, reasons, the quarantine rate ((quarantined + standing failures)
+    / (restored + up to date + quarantined + standing failures)) and the
     means of the restored frames' metrics (None if none), plus every other numeric column's mean
     (e.g. ``psnr_in`` or ``codes_in`` / ``codes_out`` where the rows have them)."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("restored", "skipped", "quarantined")}
@@ -50,13 +52,18 @@ def summarize(rows: Sequence[dict], **fields: Any) -> dict[str, Any]:
             reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
         elif r["status"] == "skipped":
             skips[r["reason"]] = skips.get(r["reason"], 0) + 1
-    processed = counts["restored"] + counts["quarantined"]
+    # The gate's share: this run's quarantined plus the standing failures (skipped as
+    # quarantined_before) over the frames in their current state, so an unchanged folder gets the
+    # same verdict every night (issue 23).
+    standing = sum(n for reason, n in skips.items() if reason.startswith(QUARANTINED_BEFORE))
+    processed = counts["restored"] + counts["quarantined"] + skips.get("up_to_date", 0) + standing
     fallbacks: dict[str, int] = {}
     for r in restored:
         if r.get("fallback"):
             fallbacks[r["fallback"]] = fallbacks.get(r["fallback"], 0) + 1
     return {**fields, "counts": counts, "means": means, "quarantine_reasons": reasons, "skip_reasons": skips,
-            "quarantine_rate": counts["quarantined"] / processed if processed else None,
+            "standing_failures": standing,
+            "quarantine_rate": (counts["quarantined"] + standing) / processed if processed else None,
             "fallbacks": sum(fallbacks.values()), "fallback_reasons": fallbacks,
             "fallback_rate": sum(fallbacks.values()) / len(restored) if restored else None,
             "codes": codes_readable(rows)}
@@ -137,19 +144,55 @@ def record_failure(summary: dict[str, Any], logger: Any) -> str:
     for i, (uri, options) in enumerate(targets):
         try:
             store = open_store(uri, **options)
-            key = f"reports/{run_id}/index.html"
-            body = {**summary, "report_key": key, "report_uri": f"{store.uri.rstrip('/')}/{key}"}
-            write_summary(store, run_id, body)
-            with_html = _write_html(store, run_id, body, [], None, ReportSettings())
-            summary.update(report_key=with_html, report_uri=body["report_uri"])
+            write_failure(store, summary)
             if i > 0:
                 logger.error("destination unreachable: failure report of run %s written to the local "
                              "fallback folder %s (set %s to change it)", run_id, store.uri, FALLBACK_ENV)
-            return body["report_uri"]
+            return str(summary["report_uri"])
         except Exception as exc:
             logger.warning("could not write the failure report of run %s to %s (%s: %s)", run_id, uri,
                            type(exc).__name__, " ".join(str(exc).split())[:300])
     return ""
+
+
+def write_failure(store: ObjectStore, summary: dict[str, Any]) -> str:
+    """A failed run's ``summary.json``, red report page and index row in ``store``; sets (and
+    returns) the summary's report URI."""
+    run_id = summary["run_id"]
+    key = f"reports/{run_id}/index.html"
+    body = {**summary, "report_key": key, "report_uri": f"{store.uri.rstrip('/')}/{key}"}
+    write_summary(store, run_id, body)
+    with_html = _write_html(store, run_id, body, [], None, ReportSettings())
+    summary.update(report_key=with_html, report_uri=body["report_uri"])
+    return body["report_uri"]
+
+
+def record_preflight_failure(source: str, dest: str, config: str, exc: BaseException) -> str | None:
+    """A run stopped by its preflight (a missing source bucket, a bad config...) still leaves its
+    failed row on the destination's index when the destination exists and takes writes, so a
+    nightly failure shows there; nothing is created, and nothing is said when it cannot
+    (the CLI's one-line error is the message). Returns the report URI, or None."""
+    from datetime import UTC, datetime
+
+    from flows.errors import describe
+    from storage.reports import new_run_id
+
+    if "://" not in dest.removeprefix("file://") and not os.path.isdir(dest.removeprefix("file://")):
+        return None  # a local destination that does not exist yet: not created for this
+    now = datetime.now(UTC)
+    summary: dict[str, Any] = {
+        "run_id": new_run_id(now), "flow_run_id": None, "started_at": now.isoformat(),
+        "finished_at": now.isoformat(), "source": source, "dest": dest, "config_name": config,
+        "status": "failed", "stage": "preflight",
+        "error": {"type": type(exc).__name__,
+                  "message": " ".join((describe(exc) or str(exc)).split())[:2000]},
+        "counts": {"restored": 0, "skipped": 0, "quarantined": 0, "total": 0}}
+    try:
+        store = open_store(dest, **({"max_attempts": 2} if dest.startswith("s3://") else {}))
+        summary["dest"] = store.uri
+        return write_failure(store, summary)
+    except Exception:
+        return None
 
 
 def _cell(value: Any) -> Any:

@@ -4,6 +4,7 @@ flows/pipeline/flow.py): which frames are pending, and their batches fanned out 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +17,14 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from flows.config import ReportSettings
 from flows.errors import is_transient
 from flows.pipeline import supervisor
 from flows.pipeline.actors import frame_failure_row, report_row
 from flows.pipeline.fanout import ActorPool, BatchDone, fan_out
 from storage.base import ObjectStore
 from storage.errors import ObjectNotFoundError, StoreAccessError
-from storage.keys import output_keys
+from storage.keys import ledger_key, output_keys
 from storage.ledger import LedgerEntry, look_up
 from storage.sidecars import IMAGE_EXTENSIONS, FrameRef, discover
 from storage.stores import open_store
@@ -75,6 +77,7 @@ def find_frames(source: ObjectStore, dest: ObjectStore) -> Discovery:
 
     def look(ref: FrameRef) -> Candidate | None:
         try:
+            check_output_keys(dest, ref.id)
             current, entry = look_up(source, dest, ref)
         except ObjectNotFoundError:
             return None  # deleted since the listing
@@ -94,6 +97,16 @@ def find_frames(source: ObjectStore, dest: ObjectStore) -> Discovery:
     return Discovery(candidates=found, invalid=invalid, unsupported=unsupported)
 
 
+def check_output_keys(dest: ObjectStore, frame_id: str) -> None:
+    """:class:`InvalidKeyError` when the destination could not hold one of the frame's outputs or
+    its ledger entry (e.g. a name over the file system's limit): the frame is refused before it
+    is restored, so nothing is written for it (issue 23)."""
+    check = getattr(dest, "check_key", None)
+    for key in (*output_keys(frame_id), ledger_key(frame_id)):
+        if check is not None:
+            check(key)
+
+
 @dataclass(frozen=True)
 class Plan:
     pending: list[FrameRef]
@@ -101,8 +114,10 @@ class Plan:
     rows: list[dict]  # skipped and quarantined-before-restoration rows
 
 
-def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int | None) -> Plan:
-    """Split candidates into skipped (up to date) and pending; apply ``limit`` to the pending."""
+def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int | None,
+             retry_quarantined: bool = False) -> Plan:
+    """Split candidates into skipped (up to date, or unchanged since a permanent failure) and
+    pending; apply ``limit`` to the pending. ``retry_quarantined``: standing failures are pending."""
     rows: list[dict] = []
     pending: list[FrameRef] = []
     for key, problem in found.invalid:
@@ -123,10 +138,10 @@ def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int 
             continue
         assert ref.etag is not None
         current = cand.entry is not None and cand.entry.is_current(ref, ref.etag, config_hash, model_version)
-        if current and cand.quarantined:
+        if current and cand.quarantined and not retry_quarantined:
             rows.append(report_row(ref, "skipped", reason=f"quarantined_before:{cand.quarantined}",
                                    detail="unchanged since a run found it unusable"))
-        elif current:
+        elif current and not cand.quarantined:
             rkey, kkey, kpng = output_keys(ref.id)
             rows.append(report_row(ref, "skipped", reason="up_to_date", restored_key=rkey, kernel_key=kkey,
                                    kernel_png_key=kpng))
@@ -140,44 +155,62 @@ def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int 
 
 
 class Progress:
-    """Progress of the restore phase: a tqdm bar on a terminal (``stream.isatty()``), otherwise one
-    compact log line every ``every`` frames and at the end (deployments, log files)."""
+    """Progress of the restore phase: one log line every ``every`` frames or ``seconds`` seconds
+    (whichever comes first) and at the end, with done/total, rate and ETA — in log files as on a
+    terminal (issue 23: a file showed nothing for 28 minutes); on a terminal also a tqdm bar."""
 
-    def __init__(self, total: int, logger: Any, every: int = 100, stream: Any = None) -> None:
+    def __init__(self, total: int, logger: Any, every: int = 100, stream: Any = None,
+                 seconds: float = 60.0) -> None:
         from tqdm import tqdm
 
-        self.total, self.logger, self.every = total, logger, every
+        self.total, self.logger, self.every, self.seconds = total, logger, every, seconds
         stream = stream if stream is not None else sys.stderr
         tty = bool(getattr(stream, "isatty", lambda: False)())
         self.bar = tqdm(total=total, unit="frame", desc="restoring", file=stream, dynamic_ncols=True) \
             if tty else None
-        self.logged = 0
+        self.logged, self.logged_at = 0, 0.0
 
     def update(self, done: int, elapsed_s: float, resubmitted: int) -> None:
         rate = done / elapsed_s if elapsed_s > 0 else float("nan")
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix(resubmitted=resubmitted, refresh=False)
-        elif done - self.logged >= self.every or (done == self.total and done != self.logged):
-            self.logged = done
-            self.logger.info("%d/%d frames (%.0f%%), %.2f frames/s, %d batches resubmitted", done, self.total,
-                             100.0 * done / self.total, rate, resubmitted)
+        due = done - self.logged >= self.every or elapsed_s - self.logged_at >= self.seconds
+        if done != self.logged and (due or done == self.total):
+            self.logged, self.logged_at = done, elapsed_s
+            eta = (self.total - done) / rate if rate > 0 else float("nan")
+            self.logger.info("%d/%d frames (%.0f%%), %.2f frames/s, ETA %s, %d batches resubmitted", done,
+                             self.total, 100.0 * done / self.total, rate, eta_text(eta), resubmitted)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
+def eta_text(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``; ``?`` before a rate is known."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 @task(name="restore-batches", cache_policy=NO_CACHE)
 def restore_batches(pool: ActorPool, refs: list[FrameRef], batch_size: int, max_in_flight: int,
-                    progress_id: Any, progress_every: int = 100) -> tuple[list[dict], int]:
-    """Fan the frames out to the actors; :class:`Progress` shows how far it got (a bar on a
-    terminal, a compact line every ``progress_every`` frames otherwise). The progress artifact
-    moves with every batch."""
+                    progress_id: Any, settings: ReportSettings | None = None) -> tuple[list[dict], int]:
+    """Fan the frames out to the actors; :class:`Progress` logs how far it got (every
+    ``settings.progress_every`` frames or ``progress_seconds`` seconds, with rate and ETA; a bar too
+    on a terminal). The progress artifact moves with every batch. A SIGTERM/SIGINT (the run's
+    :mod:`flows.pipeline.supervisor` token) stops the fan-out: the rest is ``not_attempted``."""
     logger = get_run_logger()
     batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
     logger.info("restoring %d frames in %d batches on %d actors", len(refs), len(batches), len(pool.actors))
-    progress = Progress(len(refs), logger, progress_every)
+    settings = settings or ReportSettings()
+    progress = Progress(len(refs), logger, settings.progress_every, seconds=settings.progress_seconds)
 
     def on_batch(done: BatchDone) -> None:
         for row in done.rows:
