@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from samplers import blind
 
 from restoration.analytic import gaussian_prior_score
 from restoration.cld import CLD
@@ -9,7 +10,6 @@ from restoration.kernel_ops import from_prior, to_prior
 from restoration.metrics import kernel_mse, kernel_ncc
 from restoration.operators import blur
 from restoration.rng import generator_for
-from tests.samplers import blind
 
 K = 7
 CLD_DEFAULT = CLD()

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from samplers import guided
 
 from restoration.analytic import gaussian_posterior, gaussian_prior_score
 from restoration.cld import CLD
 from restoration.rng import generator_for
-from tests.samplers import guided
 
 CLD_DEFAULT = CLD()
 

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-
-from tests.golden_restoration import GOLDEN, compute
+from golden_restoration import GOLDEN, compute
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from samplers import blind
 
 from restoration.analytic import gaussian_prior_score
 from restoration.cld import CLD
@@ -12,7 +13,6 @@ from restoration.kernel_ops import KernelError, centre_of_mass, resample_kernel,
 from restoration.kernels import gaussian_kernel, kernel_extent, sample_kernels
 from restoration.operators import blur
 from restoration.rng import generator_for
-from tests.samplers import blind
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(63, 31), (31, 63), (15, 7), (31, 31)])

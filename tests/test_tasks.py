@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from samplers import guided, operator_problem
 
 from restoration.analytic import gaussian_posterior, gaussian_prior_score
 from restoration.baselines import hio_phase_retrieval
@@ -25,7 +26,6 @@ from restoration.tasks import (
     task_params,
     truth_canvas_size,
 )
-from tests.samplers import guided, operator_problem
 
 CLD_DEFAULT = CLD()
 
