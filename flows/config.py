@@ -58,6 +58,9 @@ class ScheduleSettings(Frozen):
     cron: str = Field("0 2 * * *", description="nightly run, 5-field cron expression")
     timezone: str = Field("UTC", description="IANA time zone of the cron expression")
     upload_debounce_seconds: int = Field(30, ge=0, description="one run per burst of uploads")
+    max_backlog_frames: int | None = Field(
+        None, ge=0, description="per run, at most N frames restored again because the settings or models "
+        "changed (the backlog; new frames always go first); null: no cap")
 
     @field_validator("cron")
     @classmethod

@@ -235,9 +235,21 @@ class S3Store:
     def _list_dirs(self, prefix: str) -> Iterator[str]:
         return self._paged(prefix, "CommonPrefixes", "Prefix", Delimiter="/")
 
+    def list_etags(self, prefix: str = "") -> Iterator[tuple[str, str]]:
+        """``(key, ETag)`` of every object under ``prefix``: the listing already carries the ETags,
+        so discovery needs no HEAD per frame (storage.ledger_index)."""
+        prefix = validate_prefix(prefix)
+        cut = len(self._root)
+        return ((e["Key"][cut:], e["ETag"]) for e in self._entries(prefix, "Contents"))
+
     def _paged(self, prefix: str, field: str, name: str, **extra: str) -> Iterator[str]:
         """Stream `name` of each entry in `field` of ListObjectsV2 pages, one page held at a time."""
         cut = len(self._root)
+        for entry in self._entries(prefix, field, **extra):
+            yield entry[name][cut:]
+
+    def _entries(self, prefix: str, field: str, **extra: str) -> Iterator[dict]:
+        """The entries in `field` of ListObjectsV2 pages, one page held at a time."""
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self._bucket,
             Prefix=self._root + prefix,
@@ -251,8 +263,7 @@ class S3Store:
                 return
             entries = page.pop(field, ())
             del page
-            for entry in entries:
-                yield entry[name][cut:]
+            yield from entries
             del entries  # release this page before the next request: one page at a time
 
     # ---------------------------------------------------------------- reads

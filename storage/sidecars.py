@@ -106,6 +106,12 @@ def discover(
     return _discover(keys, on_invalid or _warn_invalid, on_other)
 
 
+def discover_keys(keys: Iterator[str], *, on_invalid: Callable[[str, str], None] | None = None,
+                  on_other: Callable[[str], None] | None = None) -> Iterator[FrameRef]:
+    """:func:`discover` over keys already listed (in listing order), e.g. with their ETags."""
+    return _discover(keys, on_invalid or _warn_invalid, on_other)
+
+
 def _discover(keys: Iterator[str], report: Callable[[str, str], None],
               other: Callable[[str], None] | None = None) -> Iterator[FrameRef]:
     open_groups: dict[str, _Group] = {}

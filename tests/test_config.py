@@ -131,7 +131,8 @@ NEUTRAL_CHANGES: dict[str, dict[str, Any]] = {
     "cluster": {"actors": 5, "num_gpus": 1.0, "num_cpus": 3.0, "max_in_flight": 9, "address": "ray://h:10001",
                 "connect_timeout_s": 3.0,
                 "resources": {"restore_worker": 1.0}},
-    "schedule": {"cron": "30 3 * * 1", "timezone": "America/New_York", "upload_debounce_seconds": 120},
+    "schedule": {"cron": "30 3 * * 1", "timezone": "America/New_York", "upload_debounce_seconds": 120,
+                 "max_backlog_frames": 5},
     "reports": {"keep_runs": 3, "index_page_size": 10, "max_frames": 20, "progress_every": 5,
                 "progress_seconds": 9.0, "dashboard_url": "http://127.0.0.1:8765/"},
     "alerts": {"max_quarantine_rate": 0.1, "max_fallback_rate": 0.2, "webhook_env": "MY_HOOK"},
@@ -285,3 +286,15 @@ def test_the_key_holds_the_algorithm_version_and_the_codes_defaults(monkeypatch:
 
     monkeypatch.setattr(settings, "BlindSettings", Changed)
     assert BASE.config_hash() != key
+
+
+def test_new_frames_go_before_the_backlog_which_is_capped_per_run() -> None:
+    stored = _discovery(20)  # done under BASE's settings
+    new = [Candidate(ref=FrameRef(key=f"n{i}.png", id=f"n{i}", etag=f'"n{i}"'), entry=None) for i in range(2)]
+    found = Discovery(candidates=[*stored.candidates, *new], invalid=[])
+    changed = _changed("restoration", steps=BASE.restoration.steps + 1).config_hash()  # a settings change
+    plan = plan_run(found, changed, MODEL, None, max_backlog=5)
+    assert [r.key for r in plan.pending[:2]] == ["n0.png", "n1.png"]  # today's uploads first
+    assert len(plan.pending) == 7 and plan.deferred == 15  # then at most 5 of the 20 stored frames
+    uncapped = plan_run(found, changed, MODEL, 4)
+    assert [r.key for r in uncapped.pending[:2]] == ["n0.png", "n1.png"] and uncapped.deferred == 18

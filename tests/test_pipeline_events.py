@@ -213,7 +213,8 @@ def test_plan_run_skips_current_frames_and_applies_the_limit() -> None:
         Candidate(dup, None),
     ], invalid=[("bad\\key.png", "contains '\\'")])
     plan = plan_run(found, "h", "m", limit=None)
-    assert [r.key for r in plan.pending] == ["f1.png", "f2.png", "f3.png", "g.jpg"] and plan.deferred == 0
+    # new or changed inputs first, then the backlog (same input, other settings or models)
+    assert [r.key for r in plan.pending] == ["f1.png", "g.jpg", "f2.png", "f3.png"] and plan.deferred == 0
     by_key = {r["key"]: (r["status"], r["reason"]) for r in plan.rows}
     assert by_key == {"f0.png": ("skipped", "up_to_date"),
                       "f4.png": ("skipped", "quarantined_before:truncated_image"),

@@ -42,10 +42,17 @@ from flows.pipeline.notify import notify
 from flows.pipeline.ray_local import ensure_ray, reap_stale_local_instances
 from flows.pipeline.run_report import publish_artifacts, record_failure, summarize, write_report
 from flows.pipeline.supervisor import RunCancelled, active, cancel_on_signals
-from flows.pipeline.tasks import ARTIFACT_PREFIX, discover_frames, plan_run, restore_batches
+from flows.pipeline.tasks import (
+    ARTIFACT_PREFIX,
+    discover_frames,
+    plan_run,
+    restore_batches,
+    update_ledger_index,
+)
 from flows.reports.values import quality_gate_failed, quality_gate_text
+from storage import ledger_index
 from storage.base import ObjectStore, stores_overlap
-from storage.errors import OverlappingStoresError
+from storage.errors import OverlappingStoresError, StorageError
 from storage.lease import RunLease
 from storage.lease import acquire as acquire_lease
 from storage.lease import describe as describe_lease
@@ -211,7 +218,8 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
     found = discover_frames(source_store.uri, dest_store.uri)
     model_version = expected_model_version(cfg, restorer_factory)
     facts["model_version"] = model_version
-    plan = plan_run(found, config_hash, model_version, limit, bool(facts.get("retry_quarantined")))
+    plan = plan_run(found, config_hash, model_version, limit, bool(facts.get("retry_quarantined")),
+                    cfg.schedule.max_backlog_frames)
     if not found.candidates and not found.invalid:  # an S3 prefix typo must not read "succeeded" silently
         facts["warnings"] = [f"no frames under {source_store.uri} (supported: "
                              f"{', '.join(IMAGE_EXTENSIONS)}): check the source URI and its prefix"]
@@ -229,6 +237,8 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
     if plan.pending and token is not None and token.is_set():  # stopped during discovery: no Ray
         rows.extend(not_attempted_rows(plan.pending))
     elif plan.pending:
+        if found.index is not None:  # this run writes ledger entries the index does not hold yet
+            ledger_index.mark_incomplete(dest_store)
         actors, batch_size = run_shape(len(plan.pending), cfg.cluster.actors, cfg.restoration.batch_size)
         cluster = cfg.cluster.model_copy(update={"actors": actors})
         ctx = RunContext(run_id=run_id, source_uri=source_store.uri, dest_uri=dest_store.uri,
@@ -248,6 +258,10 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
             finally:
                 pool.close()
         rows.extend(got)
+    try:
+        update_ledger_index(dest_store, found, plan.pending, rows, config_hash, model_version)
+    except StorageError as exc:  # the index is a cache: the next run reads the ledger frame by frame
+        logger.warning("ledger index not updated (%s: %s)", type(exc).__name__, exc)
     update_progress_artifact(progress_id, progress=100.0)
     rows.sort(key=lambda r: r["key"])
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -21,12 +22,13 @@ from flows.config import ReportSettings
 from flows.errors import is_transient
 from flows.pipeline import supervisor
 from flows.pipeline.actors import frame_failure_row, report_row
-from flows.pipeline.fanout import ActorPool, BatchDone, fan_out
+from flows.pipeline.fanout import NOT_ATTEMPTED, ActorPool, BatchDone, fan_out
+from storage import ledger_index
 from storage.base import ObjectStore
-from storage.errors import ObjectNotFoundError, StoreAccessError
+from storage.errors import FrameError, InvalidKeyError, ObjectNotFoundError, StoreAccessError
 from storage.keys import ledger_key, output_keys
 from storage.ledger import LedgerEntry, look_up
-from storage.sidecars import IMAGE_EXTENSIONS, FrameRef, discover
+from storage.sidecars import IMAGE_EXTENSIONS, FrameRef, discover, discover_keys
 from storage.stores import open_store
 
 LOOKUP_WORKERS = 8
@@ -50,6 +52,9 @@ class Discovery:
     candidates: list[Candidate]
     invalid: list[tuple[str, str]]  # (key, problem) for keys that break the key rules
     unsupported: list[str] = field(default_factory=list)  # neither a frame nor a sidecar (.bmp, .tiff...)
+    # the ledger index (storage.ledger_index) when the source lists ETags (S3), else None
+    index: dict[str, dict] | None = None
+    indexed: bool = False  # True: decided from the listing and a complete index (no per-frame request)
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -72,6 +77,12 @@ def discover_frames(source_uri: str, dest_uri: str) -> Discovery:
 def find_frames(source: ObjectStore, dest: ObjectStore) -> Discovery:
     """:func:`discover` the source and :func:`storage.ledger.look_up` each frame (threads);
     :func:`plan_run` then decides what is pending. Writes nothing."""
+    listed = getattr(source, "list_etags", None)
+    index = ledger_index.load(dest) if listed is not None else None
+    if listed is not None and index is None and ledger_index.is_fresh(dest):
+        index = {}  # a destination without any ledger entry: every frame is new
+    if index is not None:
+        return find_from_listing(source, dest, index)
     invalid: list[tuple[str, str]] = []
     unsupported: list[str] = []
 
@@ -94,7 +105,41 @@ def find_frames(source: ObjectStore, dest: ObjectStore) -> Discovery:
         # Every lookup failed on the store: that is the store, not the frames (Prefect retries).
         raise StoreAccessError(f"every frame lookup failed, e.g. {failed[0].failed['detail']}",
                                operation="discover", key=None)
-    return Discovery(candidates=found, invalid=invalid, unsupported=unsupported)
+    rebuilt = {c.ref.id: ledger_index.facts(c.entry) for c in found if c.entry is not None} \
+        if listed is not None else None
+    return Discovery(candidates=found, invalid=invalid, unsupported=unsupported, index=rebuilt)
+
+
+def find_from_listing(source: ObjectStore, dest: ObjectStore, index: dict[str, dict]) -> Discovery:
+    """Discovery from the listing's ETags and a complete ledger index: no request per frame."""
+    etags: dict[str, str] = {}
+    invalid: list[tuple[str, str]] = []
+    unsupported: list[str] = []
+
+    def keys() -> Iterator[str]:
+        for key, etag in source.list_etags():  # type: ignore[attr-defined]
+            etags[key] = etag
+            yield key
+
+    def other(key: str) -> None:
+        unsupported.append(key)
+        etags.pop(key, None)
+
+    found: list[Candidate] = []
+    for ref in discover_keys(keys(), on_invalid=lambda k, p: invalid.append((k, p)), on_other=other):
+        sidecars = tuple(sorted((k, etags.pop(k)) for k in ref.sidecar_keys if k in etags))
+        ref = replace(ref, etag=etags.pop(ref.key, None), sidecar_etags=sidecars)
+        for dup in ref.duplicates:
+            etags.pop(dup, None)
+        try:
+            check_output_keys(dest, ref.id)
+        except InvalidKeyError as exc:
+            found.append(Candidate(ref=ref, entry=None, failed=frame_failure_row(ref, exc, stage="read")))
+            continue
+        f = index.get(ref.id)
+        entry = ledger_index.entry_of(ref.id, f) if f is not None else None
+        found.append(Candidate(ref=ref, entry=entry, quarantined=entry.quarantine_reason if entry else None))
+    return Discovery(candidates=found, invalid=invalid, unsupported=unsupported, index=index, indexed=True)
 
 
 def check_output_keys(dest: ObjectStore, frame_id: str) -> None:
@@ -115,11 +160,15 @@ class Plan:
 
 
 def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int | None,
-             retry_quarantined: bool = False) -> Plan:
+             retry_quarantined: bool = False, max_backlog: int | None = None) -> Plan:
     """Split candidates into skipped (up to date, or unchanged since a permanent failure) and
-    pending; apply ``limit`` to the pending. ``retry_quarantined``: standing failures are pending."""
+    pending; apply ``limit`` to the pending. ``retry_quarantined``: standing failures are pending.
+    New frames (no ledger entry) go first, then the backlog (frames done before under other
+    settings, models or input), of which at most ``max_backlog`` are taken (the rest deferred):
+    after a model change a night must not spend itself on the archive while uploads wait."""
     rows: list[dict] = []
     pending: list[FrameRef] = []
+    backlog: list[FrameRef] = []
     for key, problem in found.invalid:
         rows.append(report_row(FrameRef(key=key, id=key), "quarantined", reason="invalid_key",
                                detail=problem))
@@ -146,10 +195,16 @@ def plan_run(found: Discovery, config_hash: str, model_version: str, limit: int 
             rows.append(report_row(ref, "skipped", reason="up_to_date", restored_key=rkey, kernel_key=kkey,
                                    kernel_png_key=kpng))
         else:
-            pending.append(ref)
+            # Backlog: the same input done before under other settings or models; a new or
+            # re-uploaded frame goes first.
+            redo = cand.entry is not None and cand.entry.source_etag == ref.etag
+            (backlog if redo else pending).append(ref)
     deferred = 0
+    if max_backlog is not None and len(backlog) > max_backlog:
+        deferred, backlog = len(backlog) - max_backlog, backlog[:max_backlog]
+    pending += backlog
     if limit is not None and len(pending) > limit:
-        deferred = len(pending) - limit
+        deferred += len(pending) - limit
         pending = pending[:limit]
     return Plan(pending=pending, deferred=deferred, rows=rows)
 
@@ -226,3 +281,27 @@ def restore_batches(pool: ActorPool, refs: list[FrameRef], batch_size: int, max_
                        stop=token.is_set if token is not None else None)
     finally:
         progress.close()
+
+
+# Reasons recorded in the ledger (record_quarantined): the frame is not retried while unchanged.
+REMEMBERED = frozenset({cls.reason for cls in FrameError.__subclasses__()} | {"restore_error"})
+
+
+def update_ledger_index(dest: ObjectStore, found: Discovery, pending: list[FrameRef], rows: list[dict],
+                        config_hash: str, model_version: str) -> None:
+    """Bring the ledger index (storage.ledger_index) up to this run's ledger writes and mark it
+    complete; only where the source lists ETags (the index is what makes that listing enough)."""
+    if found.index is None or any(r["reason"] == NOT_ATTEMPTED for r in rows):
+        return  # a stopped run may have committed frames it has no row for: stays incomplete
+    index = dict(found.index)
+    by_key = {ref.key: ref for ref in pending}
+    changed: set[str] | None = set() if found.indexed else None  # else every shard is written
+    for row in rows:
+        ref = by_key.get(row["key"])
+        if ref is None or not (row["status"] == "restored" or row["reason"] in REMEMBERED):
+            continue
+        quarantined = None if row["status"] == "restored" else row["reason"]
+        index[ref.id] = ledger_index.ref_facts(ref, config_hash, model_version, quarantined)
+        if changed is not None:
+            changed.add(ref.id)
+    ledger_index.save(dest, index, changed)
