@@ -18,6 +18,7 @@ which says who holds the destination and until when.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -68,6 +69,37 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks since boot
+
+
+def helper_identity(pid: int, what: str) -> dict[str, Any]:
+    """A process the run started (e.g. its temporary Prefect server), recorded in the lease so the
+    run that takes over from a dead driver can stop it (``start`` tells a reused pid apart)."""
+    return {"pid": pid, "start": _start_time(pid), "what": what}
+
+
+def stop_helpers(record: Mapping[str, Any], wait_s: float = 5.0) -> list[str]:
+    """SIGTERM (then SIGKILL) the helpers of a dead holder of this machine that still run;
+    returns what was stopped. Another machine's or a reused pid is left alone."""
+    import signal
+
+    me = process_identity()
+    if record.get("space") != me["space"] or record.get("host") != me["host"]:
+        return []
+    stopped = []
+    for helper in record.get("helpers") or ():
+        pid, start = helper.get("pid"), helper.get("start")
+        if not isinstance(pid, int) or start is None or _start_time(pid) != start:
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while _start_time(pid) == start and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _start_time(pid) != start:
+                break
+        stopped.append(f"{helper.get('what')} (pid {pid})")
+    return stopped
 
 
 def holder_is_dead(record: Mapping[str, Any]) -> bool:
@@ -199,9 +231,11 @@ def is_stale(record: Mapping[str, Any], now: float | None = None) -> bool:
 
 
 def acquire(store: ObjectStore, *, run_id: str, flow_run_id: str | None = None, ttl_s: float = DEFAULT_TTL_S,
-            wait_s: float = 0.0, poll_s: float = 2.0) -> RunLease:
+            wait_s: float = 0.0, poll_s: float = 2.0,
+            helpers: list[dict[str, Any]] | None = None) -> RunLease:
     """Take the destination's run lease, waiting up to ``wait_s`` seconds for a live holder;
-    :class:`LeaseHeldError` if it still holds it then."""
+    :class:`LeaseHeldError` if it still holds it then. ``helpers``: processes this run started
+    (:func:`helper_identity`), for the run that takes over from a dead driver to stop."""
     if not hasattr(store, "put_if"):
         raise TypeError(f"{type(store).__name__} has no conditional put; a run lease needs one")
     deadline = time.monotonic() + wait_s
@@ -210,6 +244,7 @@ def acquire(store: ObjectStore, *, run_id: str, flow_run_id: str | None = None, 
         if current is None or is_stale(current):
             now = time.time()
             record = {"schema": LEASE_SCHEMA, "run_id": run_id, "flow_run_id": flow_run_id,
+                      "helpers": helpers or [],
                       **process_identity(), "acquired_at": _iso(now), "heartbeat_at": _iso(now),
                       "expires_at": _iso(now + ttl_s), "expires_ts": now + ttl_s, "released": False}
             try:

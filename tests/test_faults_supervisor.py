@@ -219,3 +219,29 @@ def test_dead_ray_address_exits_2_in_one_line_naming_it(tmp_path: Path) -> None:
     assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "192.0.2" not in err, err
     assert not dst.exists()  # stopped before anything was created
     print(f"\nFIGURES ray address: exit 2 after {took:.1f} s: {lines[0]}")
+
+
+@pytest.mark.timeout(400)
+def test_killed_driver_next_run_stops_its_temporary_prefect_server(tmp_path: Path) -> None:
+    src, dst = tmp_path / "inbox", tmp_path / "out"
+    write_frames(open_store(src), [f"k/f{i}" for i in range(40)], truth=False)
+    proc = _cli(src, dst)
+    tree, out = Tree(proc.pid), _collect(proc)
+    try:
+        _wait_for(proc, "restoring 40 frames", out, 240)
+        held = json.loads(open_store(dst).get(LEASE_KEY))
+        [server] = held["helpers"]  # the lease names the run's temporary Prefect server
+        assert server["pid"] in tree.procs
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _psutil().pid_exists(server["pid"])  # left running by the killed driver
+        again = _cli(src, dst)
+        rerun_out, rerun_err = again.communicate(timeout=300)
+        server_left = server["pid"] in tree.left(0)  # before the clean-up below kills leftovers
+    finally:
+        tree.stop()
+        _kill_tree(tree)
+    assert again.returncode == 0, (rerun_out + rerun_err)[-3000:]
+    assert "stopped the dead run's temporary Prefect server" in rerun_out + rerun_err
+    assert not server_left
+    assert json.loads(open_store(dst).get(LEASE_KEY))["released"]

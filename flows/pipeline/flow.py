@@ -53,7 +53,7 @@ from flows.reports.values import quality_gate_failed, quality_gate_text
 from storage import ledger_index
 from storage.base import ObjectStore, stores_overlap
 from storage.errors import OverlappingStoresError, StorageError
-from storage.lease import RunLease
+from storage.lease import RunLease, helper_identity, stop_helpers
 from storage.lease import acquire as acquire_lease
 from storage.lease import describe as describe_lease
 from storage.reports import new_run_id
@@ -96,7 +96,7 @@ def take_run_lease(dest: ObjectStore, run_id: str, logger: Any, *, wait_s: float
     from prefect.runtime import flow_run
 
     lease = acquire_lease(dest, run_id=run_id, flow_run_id=str(flow_run.id) if flow_run.id else None,
-                          wait_s=wait_s)
+                          wait_s=wait_s, helpers=_started_helpers())
     if lease.previous is not None:
         logger.warning("run lease of %s taken over from a run that stopped without releasing it: %s",
                        dest.uri, describe_lease(lease.previous))
@@ -104,7 +104,19 @@ def take_run_lease(dest: ObjectStore, run_id: str, logger: Any, *, wait_s: float
         mark_flow_run_crashed(lease.previous.get("flow_run_id"), logger,
                               f"run {dead} stopped (driver died); cleaned up by run {run_id}")
         reap_stale_local_instances()
+        for what in stop_helpers(lease.previous):
+            logger.warning("stopped the dead run's %s", what)
     return lease
+
+
+def _started_helpers() -> list[dict[str, Any]]:
+    """The temporary Prefect server this process started (none with PREFECT_API_URL): a driver
+    killed with SIGKILL leaves it running, so the lease names it for the next run to stop."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    procs = [s.server_process for s in SubprocessASGIServer._instances.values()
+             if getattr(s, "server_process", None) is not None and s.server_process.poll() is None]
+    return [helper_identity(p.pid, "temporary Prefect server") for p in procs]
 
 
 def mark_flow_run_crashed(flow_run_id: str | None, logger: Any, message: str) -> None:
