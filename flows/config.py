@@ -46,6 +46,9 @@ class ClusterSettings(Frozen):
     num_cpus: float = Field(1.0, gt=0, description="CPU cores per actor (decoding, CPU restoration)")
     max_in_flight: int = Field(4, ge=1, description="batches submitted but not yet returned")
     address: str | None = Field(None, description="Ray cluster address; RAY_ADDRESS wins when set")
+    stall_timeout_s: float = Field(
+        300.0, gt=0, description="seconds without any batch returning (actors busy or being restarted) "
+        "before the run gives up on the cluster: finished frames kept, the rest not_attempted, status failed")
     connect_timeout_s: float = Field(
         10.0, gt=0, description="seconds to reach a Ray cluster's address before the run stops with exit 2")
     resources: dict[str, float] = Field(

@@ -129,7 +129,7 @@ PIXEL_CHANGES: dict[str, Any] = {
 NEUTRAL_CHANGES: dict[str, dict[str, Any]] = {
     "restoration": {"batch_size": 7, "tile_batch": 3},
     "cluster": {"actors": 5, "num_gpus": 1.0, "num_cpus": 3.0, "max_in_flight": 9, "address": "ray://h:10001",
-                "connect_timeout_s": 3.0,
+                "connect_timeout_s": 3.0, "stall_timeout_s": 30.0,
                 "resources": {"restore_worker": 1.0}},
     "schedule": {"cron": "30 3 * * 1", "timezone": "America/New_York", "upload_debounce_seconds": 120,
                  "max_backlog_frames": 5},

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from pipeline_frames import write_frames
 
 from flows.pipeline.ray_local import OWNER_FILE, _psutil
@@ -245,3 +246,45 @@ def test_killed_driver_next_run_stops_its_temporary_prefect_server(tmp_path: Pat
     assert "stopped the dead run's temporary Prefect server" in rerun_out + rerun_err
     assert not server_left
     assert json.loads(open_store(dst).get(LEASE_KEY))["released"]
+
+
+@pytest.mark.timeout(400)
+def test_lost_actors_end_the_run_failed_finished_frames_kept_then_a_rerun_finishes(tmp_path: Path) -> None:
+    src, dst = tmp_path / "inbox", tmp_path / "out"
+    write_frames(open_store(src), [f"n/f{i}" for i in range(60)], truth=False)
+    config = tmp_path / "stall.yaml"
+    data = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    data["cluster"]["stall_timeout_s"] = 8
+    config.write_text(yaml.safe_dump(data))
+    proc = _cli(src, dst, "--config", str(config))
+    tree, out = Tree(proc.pid), _collect(proc)
+    try:
+        _wait_for(proc, "restoring 60 frames", out, 240)
+        time.sleep(4)  # a few batches in
+        actors = [p for p in _psutil().Process(proc.pid).children(recursive=True)
+                  if "RestoreWorker" in " ".join(p.cmdline())]
+        assert actors
+        lost_at = time.monotonic()
+        for actor in actors:  # a frozen node: the actors never answer again
+            actor.suspend()
+        rc = proc.wait(timeout=120)
+        took = time.monotonic() - lost_at
+        left = tree.left()
+    finally:
+        tree.stop()
+        _kill_tree(tree)
+    text = "".join(out)
+    assert rc == 1 and took < 60, (rc, took, text[-3000:])
+    assert left == [], "processes of the run left behind"
+    dest = open_store(dst)
+    [row] = load_run_index(dest)
+    summary = json.loads(dest.get(f"reports/{row['run_id']}/summary.json"))
+    assert row["status"] == summary["status"] == "failed" and summary["error"]["type"] == "ClusterLostError"
+    done, missing = summary["counts"]["restored"], summary["skip_reasons"].get("not_attempted", 0)
+    assert done > 0 and missing > 0 and summary["counts"]["total"] == 60, summary["counts"]
+    assert json.loads(dest.get(LEASE_KEY))["released"]
+    rerun = _cli(src, dst, "--config", str(config))
+    rerun_out, rerun_err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0 and f"{missing} restored, {done} skipped" in rerun_out, rerun_out + rerun_err
+    print(f"\nFIGURES cluster loss: exit {rc} {took:.1f} s after the actors froze (stall_timeout_s 8); "
+          f"{done} restored, {missing} not_attempted, then restored by the rerun")

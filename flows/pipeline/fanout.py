@@ -41,6 +41,15 @@ def not_attempted_rows(refs: Sequence[FrameRef]) -> list[dict]:
             for r in refs]
 
 
+class ClusterLostError(PipelineError):
+    """No batch came back for ``cluster.stall_timeout_s`` (the node or every actor is lost); ``rows``:
+    the frames finished before, then every other frame as ``not_attempted``."""
+
+    def __init__(self, message: str, rows: list[dict]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 class ActorPool:
     """``cluster.actors`` restore actors, replaced when one dies for good."""
 
@@ -62,6 +71,7 @@ class ActorPool:
         # No runtime_env with credentials: Ray logs runtime envs to files. Local actors inherit the
         # driver's environment; cluster nodes bring their own (environment or instance role).
         self._local = local
+        self.stall_timeout_s = cluster.stall_timeout_s
         self._cls = ray.remote(RestoreWorker).options(**options)
         self.actors = [self._cls.remote(*self._args) for _ in range(cluster.actors)]
         self.replaced = 0
@@ -105,6 +115,7 @@ def fan_out(
     logger: logging.Logger | logging.LoggerAdapter = log,
     max_attempts: int = MAX_ATTEMPTS,
     stop: Callable[[], bool] | None = None,
+    stall_s: float | None = None,
 ) -> tuple[list[dict], int]:
     """Run every batch on the pool; returns (rows in completion order, batches resubmitted).
 
@@ -117,10 +128,18 @@ def fan_out(
     ``logger`` is the driver-side logger (the flow passes Prefect's run logger). When ``stop()``
     turns true (a signal), nothing more is submitted, the batches in flight get
     :data:`STOP_GRACE_S` to return, and every frame without a row becomes ``not_attempted``.
+    When nothing returns for ``stall_s`` seconds (a lost node: actors dead and never restarted),
+    :class:`ClusterLostError` carries the rows so far and the rest as ``not_attempted``.
     """
     run = _FanOut(pool, batches, on_batch=on_batch, logger=logger, max_attempts=max_attempts)
     stop_at: float | None = None
+    last = time.monotonic()
     while run.queue or run.batch_refs:
+        if stall_s is not None and stop_at is None and time.monotonic() - last > stall_s:
+            run.queue = run.drop_queue()
+            run.abandon()
+            raise ClusterLostError(f"no batch returned for {stall_s:g} s (cluster.stall_timeout_s): the Ray "
+                                   "node or its actors are lost", run.rows)
         if stop_at is None and stop is not None and stop():
             stop_at, run.queue = time.monotonic() + STOP_GRACE_S, run.drop_queue()
         if stop_at is not None and (time.monotonic() > stop_at or not run.batch_refs):
@@ -129,6 +148,8 @@ def fan_out(
             run.submit(max_in_flight)
         # A timeout, so the flow's signal handler runs and ``stop`` is looked at every second.
         ready, _ = pool._ray.wait([*run.batch_refs, *run.probe_refs], num_returns=1, timeout=WAIT_S)
+        if any(ref in run.batch_refs for ref in ready):
+            last = time.monotonic()
         for ref in ready:
             run.probed(ref) if ref in run.probe_refs else run.returned(ref)
     if stop_at is not None:

@@ -37,7 +37,7 @@ from prefect.utilities.annotations import quote
 
 from flows.config import PipelineConfig, load_config
 from flows.pipeline.actors import FaultHook, PipelineError, RestorerFactory, RunContext
-from flows.pipeline.fanout import NOT_ATTEMPTED, ActorPool, not_attempted_rows
+from flows.pipeline.fanout import NOT_ATTEMPTED, ActorPool, ClusterLostError, not_attempted_rows
 from flows.pipeline.notify import notify
 from flows.pipeline.ray_local import ensure_ray, reap_stale_local_instances
 from flows.pipeline.run_report import publish_artifacts, record_failure, summarize, write_report
@@ -190,6 +190,11 @@ def run_pipeline(
 
 def _failed(facts: dict[str, Any], exc: Exception, webhook_env: str, logger: Any) -> None:
     """A failed run is a run: its summary, index row and webhook (then the error propagates)."""
+    written = getattr(exc, "summary", None)
+    if isinstance(written, dict):  # the run wrote its full report already (a lost cluster)
+        logger.error("run %s failed: %s: %s", facts["run_id"], type(exc).__name__, exc)
+        notify(written, webhook_env, logger)
+        return
     summary = {**facts, "status": "failed", "finished_at": datetime.now(UTC).isoformat(),
                "error": {"type": type(exc).__name__, "message": " ".join(str(exc).split())[:2000]}}
     summary.setdefault("counts", {"restored": 0, "skipped": 0, "quarantined": 0, "total": 0})
@@ -245,6 +250,7 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
                 sum(r["status"] == "quarantined" for r in plan.rows), plan.deferred)
 
     rows, resubmitted, restore_s, actors = list(plan.rows), 0, 0.0, 0
+    lost: ClusterLostError | None = None
     token = active()
     if plan.pending and token is not None and token.is_set():  # stopped during discovery: no Ray
         rows.extend(not_attempted_rows(plan.pending))
@@ -263,9 +269,8 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
                 if versions != {model_version}:
                     raise PipelineError(f"actors run models {sorted(versions)}, expected {model_version}")
                 t0 = datetime.now(UTC)
-                got, resubmitted = restore_batches(quote(pool), quote(plan.pending),
-                                                   batch_size, cluster.max_in_flight, progress_id,
-                                                   cfg.reports)
+                got, resubmitted, lost = _restore(pool, plan.pending, batch_size, cluster.max_in_flight,
+                                                  progress_id, cfg.reports)
                 restore_s = (datetime.now(UTC) - t0).total_seconds()
             finally:
                 pool.close()
@@ -285,9 +290,7 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
         report_key=report_key, report_uri=f"{dest_store.uri.rstrip('/')}/{report_key}",
         max_quarantine_rate=cfg.alerts.max_quarantine_rate, max_fallback_rate=cfg.alerts.max_fallback_rate,
     )
-    summary["status"] = "failed_quality" if quality_gate_failed(summary) else "succeeded"
-    if token is not None and token.is_set():
-        summary["status"] = "cancelled"
+    _set_status(summary, token is not None and token.is_set(), lost)
     written = write_report(source_store.uri, dest_store.uri, run_id, summary, quote(rows), cfg.reports)
     if written != report_key:
         summary.update(report_key=written, report_uri=f"{dest_store.uri.rstrip('/')}/{written}")
@@ -295,7 +298,30 @@ def _restore_and_report(cfg: PipelineConfig, facts: dict[str, Any], limit: int |
     c = summary["counts"]
     logger.info("run %s %s: %d restored, %d skipped, %d quarantined; report %s", run_id, summary["status"],
                 c["restored"], c["skipped"], c["quarantined"], summary["report_uri"])
+    if lost is not None:
+        lost.summary = summary  # type: ignore[attr-defined]  # its report is written: run_pipeline notifies
+        lost.report_uri = summary["report_uri"]  # type: ignore[attr-defined]
+        raise lost
     return summary
+
+
+def _set_status(summary: dict[str, Any], cancelled: bool, lost: ClusterLostError | None) -> None:
+    summary["status"] = "failed_quality" if quality_gate_failed(summary) else "succeeded"
+    if cancelled:
+        summary["status"] = "cancelled"
+    if lost is not None:  # a failed run with its rows: finished frames kept, the rest not_attempted
+        summary.update(status="failed", error={"type": type(lost).__name__, "message": str(lost)})
+
+
+def _restore(pool: ActorPool, refs: list, batch_size: int, max_in_flight: int, progress_id: Any,
+             reports: Any) -> tuple[list[dict], int, ClusterLostError | None]:
+    """restore-batches; a lost cluster gives the rows it has and the error, for the report."""
+    try:
+        got, resubmitted = restore_batches(quote(pool), quote(refs), batch_size, max_in_flight, progress_id,
+                                           reports)
+    except ClusterLostError as exc:
+        return exc.rows, 0, exc
+    return got, resubmitted, None
 
 
 @flow(name=FLOW_NAME, description="Blind-restore pending checkout frames (CVSA on CLD priors) and report.")

@@ -278,7 +278,8 @@ def restore_batches(pool: ActorPool, refs: list[FrameRef], batch_size: int, max_
     token = supervisor.active()
     try:
         return fan_out(pool, batches, max_in_flight=max_in_flight, on_batch=on_batch, logger=logger,
-                       stop=token.is_set if token is not None else None)
+                       stop=token.is_set if token is not None else None,
+                       stall_s=pool.stall_timeout_s)
     finally:
         progress.close()
 
