@@ -251,3 +251,37 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_every_n_frames_otherwise(
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["60/1000 frames (6%)",
                                                                       "120/1000 frames (12%)"]
     assert "ETA 15 min 40 s" in caplog.records[0].getMessage()
+
+
+@pytest.mark.timeout(200)
+def test_serve_stops_within_10_s_of_one_sigterm(tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    (tmp_path / "inbox").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=120):
+            env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--source",
+                                     str(tmp_path / "inbox"), "--dest", str(tmp_path / "out"), "--config",
+                                     "smoke"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            lines: list[str] = []
+            assert proc.stdout is not None
+            threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+            try:
+                deadline = time.monotonic() + 150
+                while not any("/deployments" in line for line in lines):  # serving: the UI hint printed
+                    assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+                    time.sleep(0.3)
+                sent = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                rc = proc.wait(timeout=30)
+                took = time.monotonic() - sent
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    assert rc == 0 and took < 10, (rc, took, "".join(lines)[-3000:])
+    print(f"serve: exit {rc} {took:.1f} s after one SIGTERM")
