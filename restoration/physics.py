@@ -20,6 +20,7 @@ valid convolution here, the classical estimator's periodic canvas in
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -199,7 +200,7 @@ def _crop(x: Tensor, offsets: CanvasOffsets, h: int, w: int) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class Physics:
+class Physics(ABC):
     """A forward model bound to one batch of observations: everything a sampler needs.
 
     x lives on ``canvas`` (B, C, *canvas); ``forward(x)`` is shaped like ``y``; ``crop`` maps the
@@ -215,16 +216,18 @@ class Physics:
 
     adjoint: Callable[[Tensor], Tensor] | None = dataclasses.field(default=None, init=False, repr=False)
 
+    @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """H x: the noiseless observation of an image on the canvas."""
 
     @property
     def linear(self) -> bool:
         return self.adjoint is not None
 
     def data_consistency(self, anchor: Tensor, rho: Tensor, grad_reg: float, cg_iters: int) -> Tensor:
-        """argmin_x ||y - H x||² + rho ||x - anchor||² (+ mu ||∇x||², mu = grad_reg σ², linear H)."""
-        raise NotImplementedError
+        """argmin_x ||y - H x||² + rho ||x - anchor||² (+ mu ||∇x||², mu = grad_reg σ², linear H).
+        Models that only guide by gradients (no closed-form solve) do not override it."""
+        raise TypeError(f"{type(self).__name__} has no data-consistency solve (a gradient-guided model)")
 
     def prox(self, grad_reg: float, cg_iters: int) -> ProxFn:
         """:meth:`data_consistency` as prox(anchor, rho), for the proximal sampler."""

@@ -33,12 +33,12 @@ from flows.reports.render import render
 from flows.reports.values import (
     KERNEL_MSE_DEFINITION,
     NO_REFERENCE_NOTE,
-    _over,
     as_number,
     as_text,
     codes_text,
     duration,
     formatted,
+    gate_over,
     number_cell,
     quality_gate_text,
 )
@@ -287,7 +287,7 @@ def _status(summary: Mapping[str, object]) -> dict[str, object]:
             "error_message": as_text(err.get("message")),
             "quarantine_rate": formatted(as_number(summary.get("quarantine_rate")), "{:.0%}"),
             "max_quarantine_rate": formatted(as_number(summary.get("max_quarantine_rate")), "{:.0%}"),
-            "quarantine_over": _over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate")),
+            "quarantine_over": gate_over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate")),
             "gate_text": quality_gate_text(summary)}
 
 

@@ -97,7 +97,7 @@ def number_cell(value: float | None, fmt: str) -> dict[str, str]:
     return {"v": "" if value is None else repr(value), "text": formatted(value, fmt)}
 
 
-def _over(rate: object, gate: object) -> bool:
+def gate_over(rate: object, gate: object) -> bool:
     r, g = as_number(rate), as_number(gate)
     return r is not None and g is not None and r > g
 
@@ -106,15 +106,15 @@ def quality_gate_failed(summary: Mapping[str, object]) -> bool:
     """The run's quality gates: quarantined / processed over ``alerts.max_quarantine_rate``, or
     guard fallbacks / restored over ``alerts.max_fallback_rate`` (a restorer that keeps rejecting
     its own output is as much an incident as frames that fail)."""
-    return (_over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate"))
-            or _over(summary.get("fallback_rate"), summary.get("max_fallback_rate")))
+    return (gate_over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate"))
+            or gate_over(summary.get("fallback_rate"), summary.get("max_fallback_rate")))
 
 
 def quality_gate_text(summary: Mapping[str, object]) -> str:
     """Which quality gate a ``failed_quality`` run failed, in one clause (quarantine or fallback)."""
     counts = summary.get("counts") if isinstance(summary.get("counts"), Mapping) else {}
     assert isinstance(counts, Mapping)
-    if _over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate")):
+    if gate_over(summary.get("quarantine_rate"), summary.get("max_quarantine_rate")):
         rate = formatted(as_number(summary.get("quarantine_rate")), "{:.0%}")
         gate = formatted(as_number(summary.get("max_quarantine_rate")), "{:.0%}")
         return (f"{rate} of the processed frames were quarantined (threshold {gate}, "
