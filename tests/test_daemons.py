@@ -283,5 +283,9 @@ def test_serve_stops_within_10_s_of_one_sigterm(tmp_path: Path) -> None:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    assert rc == 0 and took < 10, (rc, took, "".join(lines)[-3000:])
+    # stopped, cleanly, within 10 s; the exit status races inside Prefect's serve: after its own
+    # "shutting down" it sometimes ends by the SIGINT it re-raises (-2) instead of exiting 0
+    text = "".join(lines)
+    assert took < 10 and rc in (0, -signal.SIGINT), (rc, took, text[-3000:])
+    assert rc == 0 or "shutting down" in text, text[-3000:]
     print(f"serve: exit {rc} {took:.1f} s after one SIGTERM")
